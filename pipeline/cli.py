@@ -1,0 +1,106 @@
+"""`python -m pipeline STAGE ...`: the one command line every orchestrator (Dagster, DVC, CI) calls.
+
+Each stage prints a JSON summary of what it wrote on stdout; progress goes to stderr. Errors the user can fix
+print one message naming the file and what to do, and exit with status 2 (no traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pipeline.errors import UserInputError
+from pipeline.paths import MODALITIES
+
+EPILOG = "Hyper-parameters and data sizes come from params.yaml (see --params). Outputs land under data/ (DVC-tracked)."
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: %(default)s)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. in CI logs)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description="data2vec 2.0 experiment pipeline", epilog=EPILOG)
+    stages = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+
+    p = stages.add_parser("prepare", help="materialize the embedded default data under data/raw/<modality>/",
+                          description="Materialize the embedded default data of a modality: Fashion-MNIST (image), "
+                          "espeak-ng/flite-synthesized WordNet sentences (speech), WordNet glosses + fortunes (text).")
+    p.add_argument("--modality", required=True, choices=MODALITIES)
+    p.add_argument("--out", type=Path, help="output folder (default: data/raw/<modality>)")
+    _common(p)
+
+    p = stages.add_parser("shard", help="write WebDataset tar shards + index.json",
+                          description="Write deterministic WebDataset shards <split>-NNNNNN.tar and index.json. "
+                          "Sources: image = ImageFolder tree (optional train/ val/ test/) or IDX folder; "
+                          "speech = LibriSpeech-layout tree or TSV manifest (path<TAB>transcript); "
+                          "text = .txt file/folder (documents separated by blank lines) or GLUE-style TSV (sentence, label).")
+    p.add_argument("--modality", required=True, choices=MODALITIES)
+    p.add_argument("--source", type=Path, help="your data (default: the prepared embedded data, data/raw/<modality>)")
+    p.add_argument("--out", type=Path, help="output folder (default: data/shards/<modality>)")
+    p.add_argument("--max-samples-per-shard", type=int, help="override params.yaml <modality>.shard.max_samples_per_shard")
+    _common(p)
+
+    p = stages.add_parser("tokenizer", help="train a tokenizer on the training split of the shards",
+                          description="Train data/tokenizers/<modality>/tokenizer.json: byte-level BPE for text, "
+                          "a character vocabulary for speech transcripts (CTC).")
+    p.add_argument("--modality", required=True, choices=("text", "speech"))
+    p.add_argument("--shards", type=Path, help="shard folder (default: data/shards/<modality>)")
+    p.add_argument("--out", type=Path, help="tokenizer.json path (default: data/tokenizers/<modality>/tokenizer.json)")
+    _common(p)
+
+    p = stages.add_parser("summary", help="print a model summary (parameters, tokens, FLOPs per step)",
+                          description="Print parameters of the student encoder, decoder and teacher, tokens per sample, "
+                          "visible tokens per clone, the clone batch and the FLOPs of one training step per sample.")
+    p.add_argument("--modality", required=True, choices=MODALITIES)
+    p.add_argument("--preset", default="tiny", choices=("tiny", "base", "large"))
+    p.add_argument("--method", default="data2vec2")
+    return parser
+
+
+def run(args: argparse.Namespace) -> dict | str:
+    if args.stage == "summary":
+        from model.summary import summarize
+
+        return summarize(args.modality, args.preset, args.method)
+
+    from pipeline import params as P
+
+    params = P.load(args.params)
+    progress = not args.no_progress
+    if args.stage == "prepare":
+        from pipeline.prepare import prepare
+
+        return prepare(args.modality, params, args.out, progress)
+    if args.stage == "shard":
+        import dataclasses
+
+        from pipeline.shard import shard
+
+        cfg = P.section(params, P.Shard, args.modality, "shard")
+        if args.max_samples_per_shard:
+            cfg = dataclasses.replace(cfg, max_samples_per_shard=args.max_samples_per_shard)
+        index = shard(args.modality, args.source, args.out, cfg, progress)
+        return {
+            "splits": {name: info["num_samples"] for name, info in index["splits"].items()},
+            "shards": sum(len(info["shards"]) for info in index["splits"].values()),
+            "skipped": len(index["skipped"]),
+        }
+    if args.stage == "tokenizer":
+        from pipeline.tokenizer import train_tokenizer
+
+        return train_tokenizer(args.modality, params, args.shards, args.out)
+    raise AssertionError(args.stage)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = run(args)
+    except UserInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(result if isinstance(result, str) else json.dumps(result, indent=2))
+    return 0
