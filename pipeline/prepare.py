@@ -93,6 +93,11 @@ def prepare_speech(cfg: SpeechPrepare, seed: int, out: Path, progress: bool = Tr
     return {"counts": counts, "hours": hours}
 
 
+def _one_document(text: str) -> str:
+    """Drop blank lines inside an entry: in the corpus files a blank line separates documents."""
+    return "\n".join(line for line in text.splitlines() if line.strip())
+
+
 def _tsv(rows: list[tuple[str, str]]) -> str:
     return "sentence\tlabel\n" + "".join(f"{' '.join(text.split())}\t{label}\n" for text, label in rows)
 
@@ -113,7 +118,7 @@ def prepare_text(cfg: TextPrepare, seed: int, out: Path) -> dict[str, Any]:
     for category in fortunes.categories():
         entries = list(fortunes.fortunes(category))
         if len(entries) < cfg.fortune_min_per_category:
-            corpus_fortunes += entries  # too few for a class; still good unlabeled text
+            corpus_fortunes += [_one_document(e) for e in entries]  # too few for a class; still good unlabeled text
             continue
         rng.shuffle(entries)
         n_te = round(len(entries) * cfg.fortune_test_fraction)
@@ -121,7 +126,7 @@ def prepare_text(cfg: TextPrepare, seed: int, out: Path) -> dict[str, Any]:
         fortune_split["test"] += [(e, category) for e in entries[:n_te]]
         fortune_split["valid"] += [(e, category) for e in entries[n_te : n_te + n_va]]
         fortune_split["train"] += [(e, category) for e in entries[n_te + n_va :]]
-        corpus_fortunes += entries[n_te + n_va :]
+        corpus_fortunes += [_one_document(e) for e in entries[n_te + n_va :]]
 
     # Unlabeled corpus: no valid/test input of either task leaks into pretraining.
     documents = [

@@ -3,7 +3,8 @@
 
 Layouts (checked in this order):
   * `root/{train,valid|val|dev,test}/` split folders, each one of the layouts below;
-  * `root/<split>.tsv` manifests (`path<TAB>transcript`, paths relative to the manifest, no header);
+  * `root/{train,valid|val|dev,test}.tsv` manifests (`path<TAB>transcript`, paths relative to the manifest,
+    no header; other .tsv files are not manifests);
   * `root` itself a `.tsv` manifest (split `train`);
   * a LibriSpeech tree: `speaker/chapter/<id>.flac` + `speaker/chapter/<speaker>-<chapter>.trans.txt`
     whose lines are `<id> TRANSCRIPT` (split `train`).
@@ -18,7 +19,7 @@ import numpy as np
 import soundfile as sf
 
 from pipeline.errors import BadSample, UserInputError
-from pipeline.source import Item, Listing, Skip, relative, split_subdirs
+from pipeline.source import SPLIT_DIRS, Item, Listing, Skip, relative, split_subdirs
 
 TARGET_RATE = 16000
 AUDIO_EXTENSIONS = (".flac", ".wav", ".ogg", ".mp3", ".opus")
@@ -72,14 +73,13 @@ def list_source(root: Path) -> Listing:
         listing.splits["train"] = _read_manifest(root, root.parent, listing)
         return listing
     splits = split_subdirs(root)
-    manifests = {p.stem: p for p in sorted(root.glob("*.tsv"))}
+    manifests = {SPLIT_DIRS[p.stem.lower()]: p for p in sorted(root.glob("*.tsv")) if p.stem.lower() in SPLIT_DIRS}
     if splits:
         for split, split_root in splits.items():
             listing.splits[split] = _read_tree(split_root, root, listing)
         listing.info["layout"] = "split folders"
     elif manifests:
-        for stem, manifest in manifests.items():
-            split = {"val": "valid", "dev": "valid"}.get(stem, stem)
+        for split, manifest in manifests.items():
             listing.splits[split] = _read_manifest(manifest, root, listing)
         listing.info["layout"] = "tsv"
     else:
