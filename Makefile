@@ -14,7 +14,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 APT_PACKAGES := dataset-fashion-mnist espeak-ng flite wordnet-base fortunes
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup apt venv dvc-env demo test test-fast ui repro clean help
+.PHONY: setup apt venv dvc-env dagster-home demo test ui repro clean help
 
 help:
 	@echo "make demo   - set up, then run the whole pipeline (Dagster job 'demo') on the embedded default data"
@@ -23,7 +23,12 @@ help:
 	@echo "make repro  - set up, then reproduce everything with DVC (dvc repro)"
 	@echo "make setup  - apt packages + .venv (project) + .venv-dvc (DVC, kept apart: antlr4 conflict)"
 
-setup: apt venv dvc-env
+setup: apt venv dvc-env dagster-home
+
+# A repo-local Dagster instance, so runs persist between commands and the UI shows them.
+dagster-home:
+	mkdir -p $(DAGSTER_HOME)
+	test -f $(DAGSTER_HOME)/dagster.yaml || printf 'telemetry:\n  enabled: false\n' > $(DAGSTER_HOME)/dagster.yaml
 
 # Debian packages that carry the embedded default data and the speech synthesizers.
 apt:
@@ -48,16 +53,13 @@ dvc-env: .setup-dvc.stamp
 	touch $@
 
 demo: setup
-	mkdir -p $(DAGSTER_HOME)
 	$(VENV)/bin/dagster job execute -m assets -j demo
 	@echo "outputs: data/raw, data/shards, data/tokenizers (see data/shards/*/index.json)"
 
 test: setup
-	mkdir -p $(DAGSTER_HOME)
 	PATH=$(CURDIR)/$(VENV)/bin:$(CURDIR)/$(DVC_VENV)/bin:$$PATH $(PY) -m pytest -q
 
 ui: setup
-	mkdir -p $(DAGSTER_HOME)
 	$(VENV)/bin/dagster-webserver -h 127.0.0.1 -p 3000 -w workspace.yaml
 
 repro: setup

@@ -29,6 +29,7 @@ class SpeechPrepare:
 
 @dataclasses.dataclass(frozen=True)
 class TextPrepare:
+    corpus_limit: int | None = None
     valid_fraction: float = 0.01
     lexname_train: int = 20000
     lexname_valid: int = 2000

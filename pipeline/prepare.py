@@ -133,6 +133,7 @@ def prepare_text(cfg: TextPrepare, seed: int, out: Path) -> dict[str, Any]:
         "; ".join((s.definition,) + s.examples) for i, s in enumerate(synsets) if i not in held_out_synsets
     ] + corpus_fortunes
     rng.shuffle(documents)
+    documents = documents[: cfg.corpus_limit]
     n_corpus_valid = max(1, round(len(documents) * cfg.valid_fraction))
     tmp = _fresh_dir(out)
     for split, docs in (("valid", documents[:n_corpus_valid]), ("train", documents[n_corpus_valid:])):

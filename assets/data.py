@@ -1,0 +1,128 @@
+"""Data assets per modality: `<m>/raw` -> `<m>/shards` -> `<m>/tokenizer` (text, speech), with checks.
+
+Thin by design: each asset resolves its config, calls one pipeline stage (the same function its DVC stage
+runs through the CLI) and reports metadata. pipeline/ is imported inside the asset bodies so loading the code
+location stays fast and never imports torch.
+"""
+
+import hashlib
+from pathlib import Path
+
+import dagster as dg
+
+from assets.metadata import png_markdown, table
+
+TOKENIZED = ("text", "speech")
+
+
+class StageConfig(dg.Config):
+    """Operational knobs only; hyper-parameters and sizes come from params.yaml."""
+
+    params_path: str = "params.yaml"
+    progress: bool = False
+
+
+def _file_version(path: Path) -> dg.DataVersion:
+    return dg.DataVersion(hashlib.sha256(path.read_bytes()).hexdigest()[:16])
+
+
+def build_data_assets(modality: str) -> tuple[list[dg.AssetsDefinition], list[dg.AssetChecksDefinition]]:
+    from pipeline import paths
+
+    group = modality
+
+    @dg.asset(key=[modality, "raw"], group_name=group, kinds={"python"},
+              description=f"Embedded default {modality} data under data/raw/{modality}/ (DVC stage prepare@{modality}).",
+              metadata={"dvc_stage": f"prepare@{modality}", "path": str(paths.raw_dir(modality))})
+    def raw(context: dg.AssetExecutionContext, config: StageConfig) -> dg.MaterializeResult:
+        from pipeline import params as P
+        from pipeline.prepare import prepare
+
+        summary = prepare(modality, P.load(config.params_path), progress=config.progress)
+        context.log.info(f"prepared {modality}: {summary}")
+        return dg.MaterializeResult(metadata={"summary": dg.MetadataValue.json(summary)})
+
+    @dg.asset(key=[modality, "shards"], group_name=group, deps=[raw], kinds={"webdataset"},
+              description=f"WebDataset tar shards + index.json under data/shards/{modality}/ (DVC stage shard@{modality}).",
+              metadata={"dvc_stage": f"shard@{modality}", "path": str(paths.shards_dir(modality))})
+    def shards(context: dg.AssetExecutionContext, config: StageConfig) -> dg.MaterializeResult:
+        from pipeline import params as P
+        from pipeline import preview
+        from pipeline.shard import shard
+
+        cfg = P.section(P.load(config.params_path), P.Shard, modality, "shard")
+        index = shard(modality, None, None, cfg, progress=config.progress)
+        out = paths.shards_dir(modality)
+        splits = index["splits"]
+        metadata = {
+            "num_samples": index["num_samples"],
+            "num_shards": sum(len(s["shards"]) for s in splits.values()),
+            "bytes": sum(sh["bytes"] for s in splits.values() for sh in s["shards"]),
+            "num_skipped": len(index["skipped"]),
+            "splits": table([{"split": k, "samples": v["num_samples"], "shards": len(v["shards"])} for k, v in splits.items()]),
+            "skipped": table(index["skipped"][:50]),
+        }
+        if modality == "image":
+            metadata["preview"] = png_markdown(preview.image_grid_png(out), "first training images")
+        elif modality == "speech":
+            metadata["preview"] = table(preview.speech_examples(out, 5, "train") + preview.speech_examples(out, 3, "test"))
+        else:
+            metadata["preview"] = table(preview.text_examples(out, 5))
+        context.log.info(f"{metadata['num_samples']} samples in {metadata['num_shards']} shards, {metadata['num_skipped']} skipped")
+        return dg.MaterializeResult(metadata=metadata, data_version=_file_version(out / "index.json"))
+
+    @dg.asset_check(asset=shards, blocking=True, description="Every shard listed in index.json exists, is non-empty, "
+                    "holds the sample count index.json records and matches its sha256.")
+    def shards_match_index() -> dg.AssetCheckResult:
+        from pipeline.shard_writer import verify_index
+
+        problems = verify_index(paths.shards_dir(modality))
+        return dg.AssetCheckResult(passed=not problems, metadata={"problems": dg.MetadataValue.json(problems[:50])})
+
+    assets, checks = [raw, shards], [shards_match_index]
+    if modality in TOKENIZED:
+        assets_, checks_ = _tokenizer_asset(modality, shards)
+        assets.append(assets_)
+        checks.append(checks_)
+    return assets, checks
+
+
+def _tokenizer_asset(modality: str, shards: dg.AssetsDefinition):
+    from pipeline import paths
+
+    kind = "byte-level BPE" if modality == "text" else "character vocabulary (CTC)"
+
+    @dg.asset(key=[modality, "tokenizer"], group_name=modality, deps=[shards], kinds={"tokenizers"},
+              description=f"{kind} tokenizer trained on the train split: {paths.tokenizer_path(modality)} (DVC stage tokenizer@{modality}).",
+              metadata={"dvc_stage": f"tokenizer@{modality}", "path": str(paths.tokenizer_path(modality))})
+    def tokenizer(context: dg.AssetExecutionContext, config: StageConfig) -> dg.MaterializeResult:
+        from pipeline import params as P
+        from pipeline import preview
+        from pipeline.tokenizer import load, train_tokenizer
+
+        summary = train_tokenizer(modality, P.load(config.params_path))
+        tok = load(paths.tokenizer_path(modality))
+        examples = [r["text"] if modality == "text" else r["transcript"]
+                    for r in (preview.text_examples if modality == "text" else preview.speech_examples)(paths.shards_dir(modality), 3)]
+        rows = [{"text": t[:80], "tokens": " ".join(tok.encode(t).tokens[:24])} for t in examples]
+        return dg.MaterializeResult(
+            metadata={"vocab_size": summary["vocab_size"], "specials": dg.MetadataValue.json(summary["specials"]), "examples": table(rows)},
+            data_version=_file_version(paths.tokenizer_path(modality)),
+        )
+
+    @dg.asset_check(asset=tokenizer, blocking=True, description="decode(encode(x)) gives x back for validation samples.")
+    def tokenizer_roundtrip() -> dg.AssetCheckResult:
+        from pipeline import preview
+        from pipeline.tokenizer import load, roundtrip_failures
+
+        tok = load(paths.tokenizer_path(modality))
+        shard_dir = paths.shards_dir(modality)
+        if modality == "text":
+            texts = [r["text"] for r in preview.text_examples(shard_dir, 50, "valid", max_chars=None)]
+            failures = roundtrip_failures(tok, texts)
+        else:
+            texts = [r["transcript"] for r in preview.speech_examples(shard_dir, 50, "valid")]
+            failures = roundtrip_failures(tok, texts, normalize=lambda s: " ".join(s.lower().split()))
+        return dg.AssetCheckResult(passed=not failures, metadata={"checked": len(texts), "failures": dg.MetadataValue.json(failures[:10])})
+
+    return tokenizer, tokenizer_roundtrip
