@@ -59,7 +59,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         arr = np.asarray(img, dtype=np.float64)
         lo, hi = float(arr.min()), float(arr.max())
         arr = np.zeros_like(arr) if hi == lo else (arr - lo) * (255.0 / (hi - lo))
-        img = Image.fromarray(arr.round().astype(np.uint8), mode="L")
+        img = Image.fromarray(arr.round().astype(np.uint8))
     return img.convert("RGB")
 
 
@@ -164,7 +164,7 @@ def _list_idx(root: Path) -> Listing:
 
 def _idx_item(pixels: np.ndarray, label: int, source: str) -> Item:
     def load() -> dict[str, bytes]:
-        png = _png_bytes(Image.fromarray(pixels, mode="L").convert("RGB"))
+        png = _png_bytes(Image.fromarray(pixels).convert("RGB"))
         return {"png": png, "cls": str(label).encode(), "json": json.dumps({"source": source}).encode()}
 
     return Item(source, load, {"label": label})

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -118,7 +119,7 @@ def _read_manifest(manifest: Path, root: Path, listing: Listing) -> list[Item]:
         if not transcript:
             listing.skipped.append(Skip(where, "empty transcript"))
             continue
-        audio = (manifest.parent / path_text).resolve() if not Path(path_text).is_absolute() else Path(path_text)
+        audio = Path(os.path.normpath(manifest.parent / path_text))  # absolute paths stay absolute
         items.append(_speech_item(audio, transcript, root, None))
     return items
 

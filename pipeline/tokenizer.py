@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import tarfile
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -63,11 +64,16 @@ def speech_normalizer(cfg: SpeechTokenizer) -> normalizers.Normalizer:
 
 
 def train_speech_tokenizer(transcripts: Iterator[str], cfg: SpeechTokenizer) -> Tokenizer:
-    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tok.normalizer = speech_normalizer(cfg)
+    """Specials, then `|`, then every character of the normalized transcripts, most frequent first."""
+    normalizer = speech_normalizer(cfg)
+    counts: Counter[str] = Counter()
+    for text in transcripts:
+        counts.update(normalizer.normalize_str(text))
+    chars = sorted((c for c in counts if c != WORD_BOUNDARY), key=lambda c: (-counts[c], c))
+    vocab = {token: i for i, token in enumerate(SPEECH_SPECIALS + [WORD_BOUNDARY] + chars)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizer
     tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")  # one token per character
-    trainer = trainers.WordLevelTrainer(special_tokens=SPEECH_SPECIALS + [WORD_BOUNDARY], min_frequency=1, show_progress=False)
-    tok.train_from_iterator(transcripts, trainer=trainer)
     # decode: characters are joined without spaces, then the boundary symbol becomes a space
     tok.decoder = decoders.Sequence([decoders.Fuse(), decoders.Replace(WORD_BOUNDARY, " ")])
     return tok

@@ -1,0 +1,67 @@
+"""Shared fixtures: tiny params, a temporary copy of the repository for end-to-end runs."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+DVC = REPO / ".venv-dvc" / "bin" / "dvc"
+
+# Small enough for seconds per stage, big enough that every split and task is non-empty.
+TINY_PARAMS = {
+    "seed": 0,
+    "image": {"prepare": {"train_limit": 64, "test_limit": 16}, "shard": {"max_samples_per_shard": 40}},
+    "speech": {
+        "prepare": {"train_utterances": 6, "valid_utterances": 2, "test_utterances": 2, "sample_rate": 16000},
+        "shard": {"max_samples_per_shard": 4},
+        "tokenizer": {"lowercase": True},
+    },
+    "text": {
+        "prepare": {
+            "corpus_limit": 400, "valid_fraction": 0.05, "lexname_train": 90, "lexname_valid": 20, "lexname_test": 20,
+            "fortune_valid_fraction": 0.1, "fortune_test_fraction": 0.1, "fortune_min_per_category": 1000,
+        },
+        "shard": {"max_samples_per_shard": 150},
+        "tokenizer": {"vocab_size": 400, "min_frequency": 2},
+    },
+}
+
+
+@pytest.fixture
+def tiny_params() -> dict:
+    return yaml.safe_load(yaml.safe_dump(TINY_PARAMS))  # a fresh deep copy per test
+
+
+def write_params(path: Path, params: dict) -> Path:
+    path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    return path
+
+
+COPY_IGNORE = shutil.ignore_patterns(".venv", ".venv-dvc", ".git", "data", "models", "reports", ".dagster_home",
+                                     "__pycache__", "*.egg-info", ".pytest_cache", ".setup-*.stamp", "tmp", "cache")
+
+
+@pytest.fixture
+def repo_copy(tmp_path: Path) -> Path:
+    """The working tree (code, dvc.yaml, .dvc config) in a fresh git repo, with tiny params and the project venv."""
+    dest = tmp_path / "repo"
+    shutil.copytree(REPO, dest, ignore=COPY_IGNORE)
+    write_params(dest / "params.yaml", TINY_PARAMS)
+    (dest / ".venv").symlink_to(REPO / ".venv")
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    return dest
+
+
+def run(cmd: list[str], cwd: Path, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
+    if result.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, cmd))} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
