@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -51,6 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="tokenizer.json path (default: data/tokenizers/<modality>/tokenizer.json)")
     _common(p)
 
+    from pipeline.pretrain import add_arguments as pretrain_arguments
+
+    p = stages.add_parser("pretrain", help="pretrain data2vec 2.0 (torchrun + DDP; resumes from last.pt)",
+                          description="Pretrain under torchrun (--nproc processes, gloo on CPU, nccl on GPU). Writes "
+                          "models/<modality>/<method>/pretrain/: last.pt, best.pt, budget-<fraction>.pt, config.json, "
+                          "metrics.jsonl, tb/, loss_curve.png, summary.json. Hyper-parameters: params.yaml pretrain.<modality>. "
+                          "Many nodes: torchrun --nnodes N --nproc-per-node G --rdzv-backend c10d --rdzv-endpoint HOST:PORT "
+                          "-m pipeline pretrain ...",
+                          epilog=EPILOG)
+    pretrain_arguments(p)
+
     p = stages.add_parser("summary", help="print a model summary (parameters, tokens, FLOPs per step)",
                           description="Print parameters of the student encoder, decoder and teacher, tokens per sample, "
                           "visible tokens per clone, the clone batch and the FLOPs of one training step per sample.")
@@ -60,7 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(args: argparse.Namespace) -> dict | str:
+def run(args: argparse.Namespace, argv: list[str]) -> dict | str | None:
+    if args.stage == "pretrain":
+        from pipeline import distributed
+        from pipeline.pretrain import launch, train
+
+        if not distributed.under_torchrun():
+            launch(args, argv)  # does not return
+        summary = train(args)
+        return summary if os.environ.get("RANK", "0") == "0" else None
     if args.stage == "summary":
         from model.summary import summarize
 
@@ -96,11 +116,18 @@ def run(args: argparse.Namespace) -> dict | str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.pretrain import TrainingStopped
+
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     try:
-        result = run(args)
+        result = run(args, argv)
     except UserInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(result if isinstance(result, str) else json.dumps(result, indent=2))
+    except TrainingStopped as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        return 3
+    if result is not None:
+        print(result if isinstance(result, str) else json.dumps(result, indent=2, default=str))
     return 0

@@ -1,0 +1,117 @@
+"""Random access to the samples of WebDataset shards, and the deterministic global batch order of training.
+
+Why random access rather than a stream: a training batch must be a pure function of (seed, batch number), so
+that (a) a run on 1 process and on N processes with the same global batch sees exactly the same samples,
+(b) a killed run resumes at the exact next batch, and (c) every rank gets exactly the same number of batches
+whatever the shard sizes. Shards stay standard WebDataset tars; like webdataset's `wids`, a tar's member
+offsets are indexed on first use (headers only) and samples are read with one seek each.
+"""
+from __future__ import annotations
+
+import bisect
+import functools
+import json
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from pipeline.errors import UserInputError
+
+
+class IndexedShards:
+    """Samples of one split, addressed 0..len-1 in index.json order; each sample is {"__key__", ext: bytes}."""
+
+    def __init__(self, shard_dir: Path, split: str):
+        index_path = Path(shard_dir) / "index.json"
+        if not index_path.exists():
+            raise UserInputError(f"{index_path}: no shards; run `python -m pipeline shard` first")
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+        if split not in index["splits"]:
+            raise UserInputError(f"{index_path}: no split {split!r}; it has {sorted(index['splits'])}")
+        self.index = index
+        self.paths = [Path(shard_dir) / s["name"] for s in index["splits"][split]["shards"]]
+        counts = [s["num_samples"] for s in index["splits"][split]["shards"]]
+        self.starts = [0]
+        for count in counts:
+            self.starts.append(self.starts[-1] + count)
+        # shard -> (sample keys, per sample [(extension, byte offset, size)]), filled on first access
+        self._tables: dict[int, tuple[list[str], list[list[tuple[str, int, int]]]]] = {}
+        self._files: dict[int, object] = {}
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def _sample_table(self, shard: int) -> tuple[list[str], list[list[tuple[str, int, int]]]]:
+        if shard not in self._tables:
+            samples: list[list[tuple[str, int, int]]] = []
+            keys: list[str] = []
+            with tarfile.open(self.paths[shard]) as tar:
+                for member in tar:
+                    key, ext = member.name.split(".", 1)
+                    if not keys or keys[-1] != key:
+                        keys.append(key)
+                        samples.append([])
+                    samples[-1].append((ext, member.offset_data, member.size))
+            expected = self.starts[shard + 1] - self.starts[shard]
+            if len(samples) != expected:
+                raise UserInputError(f"{self.paths[shard]}: {len(samples)} samples but index.json says {expected}; re-run `shard`")
+            self._tables[shard] = (keys, samples)
+        return self._tables[shard]
+
+    def __getitem__(self, i: int) -> dict[str, bytes | str]:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        shard = bisect.bisect_right(self.starts, i) - 1
+        keys, table = self._sample_table(shard)
+        local = i - self.starts[shard]
+        if shard not in self._files:
+            self._files[shard] = open(self.paths[shard], "rb")  # noqa: SIM115 (kept open for the worker's life)
+        f = self._files[shard]
+        sample: dict[str, bytes | str] = {"__key__": keys[local]}
+        for ext, offset, size in table[local]:
+            f.seek(offset)  # type: ignore[attr-defined]
+            sample[ext] = f.read(size)  # type: ignore[attr-defined]
+        return sample
+
+    def __getstate__(self):  # open files do not cross into DataLoader workers
+        state = dict(self.__dict__)
+        state["_files"] = {}
+        return state
+
+
+@functools.lru_cache(maxsize=2)
+def epoch_order(seed: int, epoch: int, num_samples: int) -> torch.Tensor:
+    """The seeded permutation of sample ids for one pass over the data (cached: computed once per epoch)."""
+    return torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+def global_batch(seed: int, batch: int, num_samples: int, global_batch_size: int) -> list[int]:
+    """Sample ids of global batch number `batch`: epochs are seeded permutations, cut into full batches
+    (a partial batch at the end of an epoch is dropped; the next epoch reshuffles)."""
+    per_epoch = num_samples // global_batch_size
+    if per_epoch == 0:
+        raise UserInputError(f"global batch {global_batch_size} is larger than the {num_samples} training samples")
+    epoch, pos = divmod(batch, per_epoch)
+    return epoch_order(seed, epoch, num_samples)[pos * global_batch_size : (pos + 1) * global_batch_size].tolist()
+
+
+class RankBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """This rank's rows of global batches `start`, `start+1`, ..., `stop-1`: every rank gets the same number of
+    batches, and the union over ranks of batch b is exactly global batch b (whatever the world size)."""
+
+    def __init__(self, num_samples: int, global_batch_size: int, rank: int, world_size: int, seed: int, start: int, stop: int):
+        if global_batch_size % world_size:
+            raise UserInputError(f"global batch {global_batch_size} is not divisible by world size {world_size}")
+        self.num_samples, self.global_batch_size = num_samples, global_batch_size
+        self.rank, self.world_size, self.seed, self.start, self.stop = rank, world_size, seed, start, stop
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        local = self.global_batch_size // self.world_size
+        for b in range(self.start, self.stop):
+            ids = global_batch(self.seed, b, self.num_samples, self.global_batch_size)
+            yield ids[self.rank * local : (self.rank + 1) * local]

@@ -1,0 +1,110 @@
+"""What a training run shows and leaves behind (rank 0 only): a progress bar with loss, throughput and ETA;
+metrics.jsonl; TensorBoard events; loss_curve.png; summary.json; and, when launched by Dagster Pipes, log
+lines and the final materialization metadata sent back to Dagster."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+
+def loss_curve_png(records: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    ax.plot([r["update"] for r in records], [r["loss"] for r in records], lw=1.5)
+    ax.set_xlabel("update")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+class TrainLog:
+    def __init__(self, out: Path, is_main: bool, progress: bool, total: int, initial: int, desc: str, title: str):
+        self.out, self.is_main, self.title = out, is_main, title
+        self.bar = self.tb = self.pipes = None
+        self._pipes_cm = None
+        if not is_main:
+            return
+        out.mkdir(parents=True, exist_ok=True)
+        self.bar = tqdm(total=total, initial=initial, desc=desc, unit="upd", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.tb = SummaryWriter(str(out / "tb"))
+        self.metrics = open(out / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115 (closed in finish)
+        if os.environ.get("DAGSTER_PIPES_CONTEXT"):
+            from dagster_pipes import open_dagster_pipes
+
+            self._pipes_cm = open_dagster_pipes()
+            self.pipes = self._pipes_cm.__enter__()
+
+    def info(self, message: str) -> None:
+        if not self.is_main:
+            return
+        tqdm.write(message, file=sys.stderr)
+        if self.pipes:
+            self.pipes.log.info(message)
+
+    def step(self, record: dict[str, Any]) -> None:
+        if self.bar is not None:
+            self.bar.update(record["update"] - self.bar.n)
+            self.bar.set_postfix(loss=f"{record['loss']:.4f}", samples_s=f"{record['samples_per_s']:.1f}",
+                                 tokens_s=f"{record['tokens_per_s']:.0f}", refresh=False)
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.is_main:
+            return
+        self.metrics.write(json.dumps(record) + "\n")
+        self.metrics.flush()
+        for key, value in record.items():
+            if key != "update" and isinstance(value, (int, float)):
+                self.tb.add_scalar(f"pretrain/{key}", value, record["update"])
+        if self.pipes:
+            self.pipes.log.info(f"update {record['update']}: loss {record['loss']:.4f}, {record['samples_per_s']:.1f} samples/s")
+
+    def records(self) -> list[dict[str, Any]]:
+        path = self.out / "metrics.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+    def finish(self, summary: dict[str, Any]) -> dict[str, Any]:
+        if not self.is_main:
+            return summary
+        self.bar.close()
+        self.tb.close()
+        self.metrics.close()
+        records = self.records()
+        if records:
+            last = records[-1]
+            summary.update(final_loss=last["loss"], samples_per_s=last["samples_per_s"], tokens_per_s=last["tokens_per_s"])
+            loss_curve_png(records, self.out / "loss_curve.png", self.title)
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if self.pipes:
+            self.report_to_dagster(summary)
+        return summary
+
+    def report_to_dagster(self, summary: dict[str, Any]) -> None:
+        import base64
+
+        metadata: dict[str, Any] = {k: summary[k] for k in ("final_loss", "samples_per_s", "tokens_per_s", "updates", "train_seconds")
+                                    if summary.get(k) is not None}
+        metadata["stop_reason"] = summary["stop_reason"]
+        metadata["effective_batch"] = {"raw_value": summary["effective_batch"], "type": "json"}
+        metadata["path"] = {"raw_value": str(self.out), "type": "path"}
+        png = self.out / "loss_curve.png"
+        if png.exists():
+            b64 = base64.b64encode(png.read_bytes()).decode()
+            metadata["loss_curve"] = {"raw_value": f"![loss](data:image/png;base64,{b64})", "type": "md"}
+        self.pipes.report_asset_materialization(metadata=metadata)
+        with contextlib.suppress(Exception):
+            self._pipes_cm.__exit__(None, None, None)
