@@ -4,21 +4,32 @@ from __future__ import annotations
 import dagster as dg
 
 from assets.data import build_data_assets
+from assets.training import build_pretrain_asset
 
 MODALITIES = ("image", "speech", "text")
+METHODS = ("data2vec2",)
 
 _built = {m: build_data_assets(m) for m in MODALITIES}
+for _m, (_assets, _) in _built.items():
+    _inputs = {a.key.path[-1]: a for a in _assets}
+    _upstream = [_inputs["shards"]] + ([_inputs["tokenizer"]] if _m == "text" else [])
+    _assets += [build_pretrain_asset(_m, method, _upstream) for method in METHODS]
 ASSETS = [a for assets, _ in _built.values() for a in assets]
 CHECKS = [c for _, checks in _built.values() for c in checks]
 
 # Jobs select asset objects, never selection strings (shared/reference/ecosystem-notes.md §0).
 JOBS = [
     dg.define_asset_job(f"{m}_pipeline", selection=dg.AssetSelection.assets(*_built[m][0]),
-                        description=f"Everything for {m}: embedded data -> shards -> ...")
+                        description=f"Everything for {m}: embedded data -> shards -> (tokenizer) -> pretraining")
     for m in MODALITIES
 ] + [
     dg.define_asset_job("demo", selection=dg.AssetSelection.assets(*ASSETS),
                         description="The whole pipeline on the embedded default data with the tiny presets."),
 ]
 
-defs = dg.Definitions(assets=ASSETS, asset_checks=CHECKS, jobs=JOBS)
+defs = dg.Definitions(
+    assets=ASSETS,
+    asset_checks=CHECKS,
+    jobs=JOBS,
+    resources={"pipes_subprocess_client": dg.PipesSubprocessClient(forward_termination=True)},
+)

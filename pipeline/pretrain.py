@@ -59,10 +59,24 @@ def launch(args: argparse.Namespace, argv: list[str]) -> None:
     if args.nproc < 1:
         raise UserInputError("--nproc must be at least 1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
-           "-m", "pipeline", *argv]
+           "-m", "pipeline", *_without_nproc(argv)]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, cmd)
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """Workers do not need --nproc, and torchrun's argument parser would take it for an abbreviation of its own
+    --nproc-per-node."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
 
 
 def build_configs(args: argparse.Namespace, params: dict[str, Any]):
@@ -142,6 +156,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
         state = {"update": 0, "train_seconds": 0.0, "best_loss": math.inf, "saved_fractions": []}
         last = out / "last.pt"
+        if args.fresh and d.is_main:
+            clear_outputs(out)
+        torch.distributed.barrier()
         if last.exists() and not args.fresh:
             ckpt = checkpoint.load(last, d.device)
             model.load_state_dict(ckpt["student"])
@@ -205,7 +222,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                     if args.debug_nan_at_update is not None and update == args.debug_nan_at_update:
                         loss = loss * float("nan")
                     scaler.scale(loss / cfg.grad_accum).backward()
-                for key, value in {"loss": loss, **stats}.items():
+                for key, value in {"loss": loss.detach(), **stats}.items():
                     totals[key] = totals.get(key, 0.0) + float(value) / cfg.grad_accum
                 if tokens_per_sample is None:
                     tokens_per_sample = dataset.tokens_per_sample(mb)
@@ -259,6 +276,15 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         return summary
     finally:
         distributed.teardown()
+
+
+def clear_outputs(out: Path) -> None:
+    """--fresh: remove what an earlier run left (checkpoints, metrics, events, summary) before starting."""
+    import shutil
+
+    for path in [*out.glob("*.pt"), out / "metrics.jsonl", out / "summary.json", out / "loss_curve.png", out / "config.json"]:
+        path.unlink(missing_ok=True)
+    shutil.rmtree(out / "tb", ignore_errors=True)
 
 
 def _updates(loader, grad_accum: int):

@@ -179,5 +179,7 @@ def make_loader(dataset: PretrainBatches, cfg: PretrainConfig, rank: int, world_
 
     return torch.utils.data.DataLoader(
         dataset, sampler=_Sampler(), batch_size=None, num_workers=workers, persistent_workers=False,
-        prefetch_factor=4 if workers > 0 else None, collate_fn=None,
+        prefetch_factor=4 if workers > 0 else None,
+        # its own generator: starting the loader must not draw from the global RNG a resumed run restores
+        generator=torch.Generator().manual_seed(cfg.seed),
     )

@@ -42,12 +42,17 @@ class TrainLog:
         from torch.utils.tensorboard import SummaryWriter
 
         self.tb = SummaryWriter(str(out / "tb"))
+        self._keep_records_up_to(initial)  # a resumed run rewrites what came after its checkpoint
         self.metrics = open(out / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115 (closed in finish)
         if os.environ.get("DAGSTER_PIPES_CONTEXT"):
             from dagster_pipes import open_dagster_pipes
 
             self._pipes_cm = open_dagster_pipes()
             self.pipes = self._pipes_cm.__enter__()
+
+    def _keep_records_up_to(self, update: int) -> None:
+        kept = [r for r in self.records() if r["update"] <= update]
+        (self.out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
 
     def info(self, message: str) -> None:
         if not self.is_main:

@@ -31,6 +31,10 @@ TINY_PARAMS = {
         "shard": {"max_samples_per_shard": 150},
         "tokenizer": {"vocab_size": 400, "min_frequency": 2},
     },
+    "pretrain": {
+        m: {"preset": "tiny", "batch_size": 4, "max_updates": 3, "warmup_updates": 1, "checkpoint_every": 2, "log_every": 1}
+        for m in ("image", "speech", "text")
+    },
 }
 
 

@@ -1,0 +1,345 @@
+"""data2vec 2.0: "Efficient Self-supervised Learning with Contextualized Target Representations for Vision,
+Speech and Language" (Baevski et al., 2022, arXiv 2212.07525), following the official fairseq code
+(examples/data2vec/models/data2vec2.py). data2vec 1.0 (arXiv 2202.03555) is a configuration of the same parts.
+
+One training step (`forward`), in the paper's terms:
+  1. local features: the modality's local encoder runs once per sample             (B, T, D)
+  2. clone batch: M masked copies of every sample, each with its own mask           (B*M, T, D)
+  3. student: encodes only the visible tokens (+ CLS for images)                    (B*M, [1+] T_keep, D)
+  4. conv decoder: visible outputs + N(0, 0.01^2) noise tokens at the masked places (B*M, T, D)
+  5. teacher (EMA, eval mode, no grad): the unmasked sample, once; top-K targets     (B, T, D)
+  6. loss: L2 at masked positions, repeated targets, times 1/sqrt(D) (text: 1); plus the image CLS term
+
+Using the model from a trainer (single device code; see model/README.md):
+  * optimizer over `model.parameters()`: the student only. The teacher is `model.teacher`, deliberately not a
+    registered submodule, so it is outside `parameters()`, `state_dict()`, `train()` and DDP; `model.to()`
+    moves it along. Checkpoint it separately: `model.teacher.state_dict()`.
+  * DDP: wrap the whole model, `DDP(model)`; only the student's parameters are seen and synchronized. Then
+    `model.reset_teacher()` (or build with the same seed on every rank). Use `find_unused_parameters=True`
+    when `cfg.encoder.layerdrop > 0` (speech base).
+  * after every optimizer step: `model.ema_step(update)` (through `ddp.module`), update = updates done so far.
+  * masks: pass `batch["mask"]` from `model.masking.make_mask` computed in loader workers; without one the
+    model draws masks itself from (cfg.seed, num_updates, position in the batch).
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.config import Data2Vec2Config
+from model.decoder import build_decoder
+from model.image_encoder import ImageContextEncoder, PatchEmbed
+from model.masking import MaskInfo, make_mask, num_masked
+from model.speech_encoder import SpeechContextEncoder, SpeechLocalEncoder
+from model.text_encoder import TextContextEncoder, TextEmbedding
+from model.transformer import forward_blocks, make_blocks
+
+INPUT_KEYS = {"image": "image", "speech": "audio", "text": "tokens"}
+
+
+def build_modality_encoders(cfg: Data2Vec2Config) -> tuple[nn.Module, nn.Module]:
+    """(local encoder, context encoder) for cfg.modality."""
+    if cfg.modality == "image":
+        return PatchEmbed(cfg.image, cfg.embed_dim), ImageContextEncoder(cfg.image, cfg.encoder)
+    if cfg.modality == "speech":
+        return SpeechLocalEncoder(cfg.speech, cfg.embed_dim), SpeechContextEncoder(cfg.speech, cfg.encoder)
+    return TextEmbedding(cfg.text, cfg.encoder), TextContextEncoder(cfg.text, cfg.encoder)
+
+
+def instance_norm(x: torch.Tensor, padding_mask: torch.Tensor | None = None, eps: float = 1e-5) -> torch.Tensor:
+    """Normalize every channel of every sample over time/patches: x (B, T, C) -> (B, T, C), fp32.
+
+    Without padding this is F.instance_norm on (B, C, T) (biased variance, no affine). Padded positions are
+    left out of the statistics (fairseq includes them; its pretraining batches have no padding).
+    """
+    x = x.float()
+    if padding_mask is None:
+        return F.instance_norm(x.transpose(1, 2), eps=eps).transpose(1, 2)
+    valid = (~padding_mask).unsqueeze(-1).float()  # (B, T, 1)
+    count = valid.sum(1, keepdim=True).clamp_min(1)
+    mean = (x * valid).sum(1, keepdim=True) / count
+    var = ((x - mean) ** 2 * valid).sum(1, keepdim=True) / count
+    return (x - mean) * torch.rsqrt(var + eps)
+
+
+def token_std(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Std over the selected tokens, averaged over channels (fairseq `compute_var`): x (N, T, C), weight (N, T)."""
+    x, w = x.detach().float(), weight.float().unsqueeze(-1)
+    n = w.sum()
+    mean = (x * w).sum((0, 1)) / n
+    var = ((x - mean) ** 2 * w).sum((0, 1)) / (n - 1).clamp_min(1)
+    return torch.sqrt(var + 1e-6).mean()
+
+
+class Data2Vec2(nn.Module):
+    def __init__(self, cfg: Data2Vec2Config):
+        super().__init__()
+        self.cfg = cfg
+        depth = cfg.encoder.depth
+        # student: local encoder -> context encoder (positions, masking, extra tokens, prenet) -> blocks -> decoder
+        self.local_encoder, self.context_encoder = build_modality_encoders(cfg)
+        start, end = cfg.encoder.start_drop_path_rate, cfg.encoder.end_drop_path_rate
+        drop_path = [start + (end - start) * i / max(depth - 1, 1) for i in range(depth)]  # linear ramp
+        self.blocks = make_blocks(cfg.encoder, depth, drop_path)
+        self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.encoder.norm_eps) if cfg.encoder.layer_norm_first else None
+        grid = (cfg.image.grid_size, cfg.image.grid_size) if cfg.modality == "image" else None
+        self.decoder = build_decoder(cfg.decoder, cfg.embed_dim, grid)
+        # data2vec 1.0: masked local features are replaced by a learned vector (text uses the <mask> token)
+        self.mask_embedding = None
+        if not cfg.remove_masked and cfg.modality != "text":
+            self.mask_embedding = nn.Parameter(torch.empty(cfg.embed_dim).uniform_())
+        self.layerdrop = cfg.encoder.layerdrop
+        self._init_weights()
+
+        # teacher: EMA copy of the parts in cfg.ema_scope, stored outside the registered modules (see module doc)
+        object.__setattr__(self, "teacher", self._make_teacher())
+        self.num_updates = 0
+        self._batches_since_update = 0  # for masks drawn without a precomputed batch["mask"]
+
+    def _init_weights(self) -> None:
+        # BERT init (fairseq init_bert_params) for Linear and Embedding; the patch-embed conv keeps its
+        # xavier init, the audio CNN its kaiming init, the other convs PyTorch defaults; then the decoder and
+        # audio projection Linear layers go back to PyTorch defaults, as in fairseq.
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, std=0.02)
+                if m.padding_idx is not None:
+                    nn.init.zeros_(m.weight[m.padding_idx])
+        for m in self.decoder.modules():
+            if isinstance(m, nn.Linear):
+                m.reset_parameters()
+        if self.cfg.modality == "speech":
+            self.local_encoder.proj.reset_parameters()
+
+    def _make_teacher(self) -> nn.ModuleDict:
+        parts = {"blocks": self.blocks}
+        if self.cfg.ema_scope in ("all", "encoder"):
+            parts["context_encoder"] = self.context_encoder
+        if self.cfg.ema_scope == "all":
+            parts["local_encoder"] = self.local_encoder
+        teacher = copy.deepcopy(nn.ModuleDict(parts))
+        teacher.requires_grad_(False)
+        return teacher.eval()  # eval for good: no dropout, no layerdrop; model.train() does not reach it
+
+    def _apply(self, fn, recurse=True):
+        # .to() / .cuda() / .float() reach the unregistered teacher too
+        super()._apply(fn, recurse)
+        if self.teacher is not None:
+            self.teacher._apply(fn, recurse)
+        return self
+
+    # ------------------------------------------------------------------------------------------------
+    # student
+
+    def local_features(
+        self, source: torch.Tensor, padding_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Raw input -> local features (B, T, D) and padding mask (B, T) (True = pad) or None."""
+        if self.cfg.modality == "speech":
+            return self.local_encoder(source, padding_mask)
+        if padding_mask is not None:
+            raise ValueError(f"{self.cfg.modality} takes no padding_mask (text derives it from pad tokens)")
+        return self.local_encoder(source)
+
+    def forward_student(
+        self, local: torch.Tensor, keep: MaskInfo | None, padding_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Local features (N, T, D) -> student encoder output (N, extra + T_keep, D) for the visible tokens."""
+        x, _, attn_mask = self.context_encoder(local, keep, padding_mask)
+        x, _ = forward_blocks(self.blocks, x, attn_mask, layerdrop=self.layerdrop)
+        return x if self.norm is None else self.norm(x)
+
+    def forward_decoder(self, x: torch.Tensor, keep: MaskInfo) -> torch.Tensor:
+        """Student output (N, extra + T_keep, D) -> predictions at every position (N, T, D)."""
+        x = F.dropout(x, self.cfg.decoder.input_dropout, self.training)
+        x = x[:, self.cfg.num_extra_tokens :]  # the CLS token is not decoded
+        N, T = keep.mask.shape
+        # mask tokens are fresh Gaussian noise, not a learned embedding; visible outputs go back to their places
+        noise = x.new_empty(N, T, x.shape[-1]).normal_(0, self.cfg.mask.mask_noise_std)
+        index = keep.ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1])
+        return self.decoder(noise.scatter(1, index, x))
+
+    # ------------------------------------------------------------------------------------------------
+    # teacher
+
+    @torch.no_grad()
+    def make_targets(
+        self, source: torch.Tensor, local: torch.Tensor, padding_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Teacher targets (B, T, D), fp32: normalized top-K block taps of the unmasked sample, averaged."""
+        cfg, teacher = self.cfg, self.teacher
+        if "local_encoder" in teacher:  # images: the teacher re-embeds the raw input with its own EMA weights
+            x, _ = teacher["local_encoder"](source)
+        else:  # speech and text: the student's local features (text: including its embedding dropout)
+            x = local.detach()
+        context = teacher["context_encoder"] if "context_encoder" in teacher else self.context_encoder
+        x, _, attn_mask = context(x, None, padding_mask)
+        _, taps = forward_blocks(teacher["blocks"], x, attn_mask, end_of_block_taps=cfg.end_of_block_targets)
+        layers = [tap[:, cfg.num_extra_tokens :].float() for tap in taps[-cfg.average_top_k_layers :]]
+
+        if cfg.instance_norm_target_layer:
+            layers = [instance_norm(y, padding_mask) for y in layers]
+        if cfg.layer_norm_target_layer:
+            layers = [F.layer_norm(y, y.shape[-1:]) for y in layers]
+        y = torch.stack(layers).mean(0)
+        if cfg.layer_norm_targets:
+            y = F.layer_norm(y, y.shape[-1:])
+        if cfg.instance_norm_targets:
+            y = instance_norm(y, padding_mask)
+        return y
+
+    @torch.no_grad()
+    def ema_step(self, update: int) -> float:
+        """theta_teacher <- tau * theta_teacher + (1 - tau) * theta_student; call after optimizer.step().
+
+        update: optimizer updates done so far (1 after the first step). Returns tau. No update runs once
+        tau >= 1 (fairseq `set_num_updates`).
+        """
+        self.num_updates = update
+        self._batches_since_update = 0
+        decay = self.ema_decay_at(update)
+        if decay < 1:
+            self._update_teacher(decay)
+        return decay
+
+    def reset_teacher(self) -> None:
+        """Make the teacher an exact copy of the student's shared parts again, as at construction.
+
+        Under DDP, call it after wrapping (DDP broadcasts rank 0's student) unless every rank built the model
+        from the same seed or a checkpointed teacher is loaded.
+        """
+        self._update_teacher(0.0)
+
+    @torch.no_grad()
+    def _update_teacher(self, decay: float) -> None:
+        # EMA of the trained parameters; frozen student parameters and all buffers are copied (fairseq EMAModule)
+        teacher_params, student_params = [], []
+        for name, t in self.teacher.named_parameters():  # the teacher's names are the student's names
+            s = self.get_parameter(name)
+            if s.requires_grad and decay > 0:
+                teacher_params.append(t)
+                student_params.append(s.detach().to(t.dtype))
+            else:
+                t.copy_(s)
+        if teacher_params:
+            torch._foreach_lerp_(teacher_params, student_params, 1 - decay)  # t + (1 - tau) * (s - t)
+        for name, t in self.teacher.named_buffers():
+            t.copy_(self.get_buffer(name))
+
+    def ema_decay_at(self, update: int) -> float:
+        """Linear anneal from ema_decay to ema_end_decay over ema_anneal_end_step updates, then constant."""
+        cfg = self.cfg
+        if update >= cfg.ema_anneal_end_step:
+            return cfg.ema_end_decay
+        return cfg.ema_end_decay - (cfg.ema_end_decay - cfg.ema_decay) * (1 - update / cfg.ema_anneal_end_step)
+
+    # ------------------------------------------------------------------------------------------------
+    # loss
+
+    def d2v_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Elementwise L2 (loss_beta = 0) or smooth L1, fp32, times loss_scale (default 1/sqrt(D))."""
+        pred = pred.float()
+        if self.cfg.loss_beta == 0:
+            loss = (pred - target) ** 2
+        else:
+            loss = F.smooth_l1_loss(pred, target, reduction="none", beta=self.cfg.loss_beta)
+        return loss * self.cfg.resolved_loss_scale()
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+        cfg = self.cfg
+        source = batch[INPUT_KEYS[cfg.modality]]
+        M = cfg.mask.clone_batch
+
+        local, padding_mask = self.local_features(source, batch.get("padding_mask"))  # (B, T, D), (B, T)
+        B, T, _ = local.shape
+        mask = batch.get("mask")
+        if mask is None:
+            mask = self._draw_masks(B, source.shape[-1])
+        if tuple(mask.shape) != (B * M, T):
+            raise ValueError(f"mask must be (B*clone_batch, T) = {(B * M, T)}, got {tuple(mask.shape)}")
+        keep = MaskInfo.from_mask(mask.to(local.device), num_masked(cfg.mask, T))
+        clone_padding = None if padding_mask is None else padding_mask.repeat_interleave(M, 0)  # (B*M, T)
+
+        if cfg.remove_masked:  # data2vec 2.0: the clone batch, visible tokens only, conv decoder over noise
+            x = self.forward_student(local.repeat_interleave(M, 0), keep, clone_padding)
+            pred = self.forward_decoder(x, keep)  # (B*M, T, D)
+        else:  # data2vec 1.0: every token, masked ones replaced by the mask embedding, linear head
+            x = self.forward_student(self._mask_local_features(source, local, keep.mask), None, padding_mask)
+            pred = self.decoder(x[:, cfg.num_extra_tokens :])
+
+        y = self.make_targets(source, local, padding_mask)  # (B, T, D)
+        y_clones = y.repeat_interleave(M, 0)  # clone index varies fastest, like the masks
+        selected = keep.mask if clone_padding is None else keep.mask & ~clone_padding  # masked, not padding
+        sample_size = selected.sum()
+        per_token = self.d2v_loss(pred, y_clones).sum(-1)  # (B*M, T)
+        regression = (per_token * selected).sum() / sample_size.clamp_min(1)
+        loss = regression
+
+        stats: dict[str, torch.Tensor | float] = {"loss_regression": regression.detach()}
+        if cfg.cls_loss > 0:
+            # global term: the student's CLS output predicts the mean target over all patches. fairseq sums it
+            # over the local rows (weight grows with the per-GPU batch); here: per-row mean x a fixed row count,
+            # which equals fairseq at 256 rows per GPU and stays the same on any number of devices.
+            valid = torch.ones_like(y[..., 0]) if padding_mask is None else (~padding_mask).float()
+            cls_target = (y * valid.unsqueeze(-1)).sum(1) / valid.sum(1, keepdim=True)
+            per_row = self.d2v_loss(x[:, 0], cls_target.repeat_interleave(M, 0)).sum(-1)  # (B*M,)
+            cls = per_row.mean() * cfg.cls_loss * cfg.cls_loss_reference_rows
+            loss = loss + cls
+            stats["loss_cls"] = cls.detach()
+
+        stats.update(
+            target_var=token_std(y_clones, selected),
+            pred_var=token_std(pred, selected),
+            ema_decay=self.ema_decay_at(self.num_updates),
+            masked_frac=1 - keep.num_keep / T,
+            sample_size=sample_size.detach(),
+        )
+        return loss, stats
+
+    def _mask_local_features(self, source: torch.Tensor, local: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.cfg.modality == "text":
+            # BERT-style: masked ids become <mask>, which still gets its position embedding (a learned vector in
+            # place of the whole embedding would erase the position of every masked token)
+            return self.local_encoder(source.masked_fill(mask, self.cfg.text.mask_idx))[0]
+        return torch.where(mask.unsqueeze(-1), self.mask_embedding.to(local.dtype), local)
+
+    def _draw_masks(self, batch_size: int, input_length: int) -> torch.Tensor:
+        # standalone use: ids count through the batches seen since the last EMA step, so that gradient
+        # accumulation micro-batches get different masks and a resumed run (same num_updates) the same ones
+        ids = torch.arange(batch_size) + batch_size * self._batches_since_update
+        self._batches_since_update += 1
+        return make_mask(self.cfg, self.cfg.seed, self.num_updates, ids, input_length)
+
+    # ------------------------------------------------------------------------------------------------
+    # downstream use
+
+    def extract_features(
+        self, inputs: torch.Tensor, padding_mask: torch.Tensor | None = None, layer: int | None = None
+    ) -> dict[str, torch.Tensor | None]:
+        """Unmasked student features for fine-tuning.
+
+        inputs: images (B, 3, H, W), audio (B, S) with optional padding_mask (B, S), or tokens (B, T).
+        layer: index of the main block whose output to return (negative counts from the end); None = last.
+        Returns x (B, T, D) per patch/frame/token (CLS removed), cls (B, D) or None, padding_mask (B, T) or None.
+        """
+        local, padding_mask = self.local_features(inputs, padding_mask)
+        x, padding_mask, attn_mask = self.context_encoder(local, None, padding_mask)
+        depth = len(self.blocks)
+        num_blocks = depth if layer is None else layer % depth + 1
+        x, _ = forward_blocks(self.blocks, x, attn_mask, layerdrop=self.layerdrop, num_blocks=num_blocks)
+        if self.norm is not None and num_blocks == depth:
+            x = self.norm(x)
+        extra = self.cfg.num_extra_tokens
+        return {"x": x[:, extra:], "cls": x[:, 0] if extra else None, "padding_mask": padding_mask}
+
+    def remove_pretraining_modules(self) -> None:
+        """Drop the teacher and the decoder (fine-tuning keeps the encoder only)."""
+        self.decoder = None
+        object.__setattr__(self, "teacher", None)

@@ -1,0 +1,138 @@
+"""The pretraining engine on CPU: torchrun (gloo), exact resume after SIGKILL, equal batches per rank, guards.
+
+Throughput is not asserted here (see the benchmark command); these tests check behaviour and exactness.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+from conftest import run, write_params
+from pipeline.params import Shard
+from pipeline.prepare import prepare
+from pipeline.shard import shard
+from pipeline.shard_reader import IndexedShards, RankBatchSampler, global_batch
+
+PRETRAIN = {"preset": "tiny", "batch_size": 8, "max_updates": 6, "lr": 0.001, "warmup_updates": 2,
+            "checkpoint_every": 2, "log_every": 1}
+
+
+@pytest.fixture(scope="module")
+def image_workdir(tmp_path_factory):
+    """A folder with params.yaml and tiny Fashion-MNIST shards (two uneven shards: 24 + 16 + ... samples)."""
+    root = tmp_path_factory.mktemp("pretrain")
+    params = {"seed": 0, "image": {"prepare": {"train_limit": 40, "test_limit": 8}, "shard": {"max_samples_per_shard": 24}},
+              "pretrain": {"image": PRETRAIN}}
+    write_params(root / "params.yaml", params)
+    prepare("image", params, root / "data" / "raw" / "image")
+    shard("image", root / "data" / "raw" / "image", root / "data" / "shards" / "image", Shard(max_samples_per_shard=24), progress=False)
+    return root
+
+
+def pretrain_cmd(out, *extra):
+    return [sys.executable, "-m", "pipeline", "pretrain", "--modality", "image", "--out", str(out), "--workers", "0",
+            "--no-progress", *extra]
+
+
+def losses(out):
+    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_global_batches_do_not_depend_on_world_size():
+    for world in (1, 2, 4):
+        parts = [list(RankBatchSampler(50, 8, r, world, seed=3, start=0, stop=12)) for r in range(world)]
+        assert all(len(p) == 12 for p in parts)  # equal batch count on every rank
+        for b in range(12):
+            assert sum((p[b] for p in parts), []) == global_batch(3, b, 50, 8)
+    # an epoch is a permutation: 6 full batches of 8 from 50 samples, no repeats
+    ids = sum((global_batch(3, b, 50, 8) for b in range(6)), [])
+    assert len(set(ids)) == 48
+    assert global_batch(3, 6, 50, 8) != global_batch(3, 0, 50, 8)  # the next epoch reshuffles
+
+
+def test_indexed_shards_read_every_sample_once(image_workdir):
+    shards = IndexedShards(image_workdir / "data" / "shards" / "image", "train")
+    keys = [shards[i]["__key__"] for i in range(len(shards))]
+    assert len(shards) == 40 and keys == sorted(set(keys))
+    assert set(shards[39]) == {"__key__", "png", "cls", "json"}
+
+
+def test_one_process_and_two_processes_follow_the_same_trajectory(image_workdir):
+    run(pretrain_cmd(image_workdir / "one", "--nproc", "1"), cwd=image_workdir)
+    run(pretrain_cmd(image_workdir / "two", "--nproc", "2"), cwd=image_workdir)
+    one, two = losses(image_workdir / "one"), losses(image_workdir / "two")
+    assert len(one) == len(two) == 6
+    assert one == pytest.approx(two, rel=2e-3), (one, two)
+    config = json.loads((image_workdir / "two" / "config.json").read_text())
+    assert config["effective_batch"] == {"per_rank_micro_batch": 4, "world_size": 2, "grad_accum": 1, "clone_batch": 4,
+                                         "samples_per_update": 8, "student_rows_per_update": 32}
+
+
+def test_gradient_accumulation_matches_the_full_batch(image_workdir):
+    params = yaml.safe_load((image_workdir / "params.yaml").read_text())
+    params["pretrain"]["image"]["grad_accum"] = 2
+    write_params(image_workdir / "accum.yaml", params)
+    run(pretrain_cmd(image_workdir / "accum", "--params", "accum.yaml"), cwd=image_workdir)
+    if not (image_workdir / "one").exists():
+        run(pretrain_cmd(image_workdir / "one"), cwd=image_workdir)
+    assert losses(image_workdir / "accum") == pytest.approx(losses(image_workdir / "one"), rel=2e-3)
+
+
+def _students_equal(a, b):
+    a, b = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
+    return a["update"] == b["update"] and all(torch.equal(a["student"][k], b["student"][k]) for k in a["student"]) and all(
+        torch.equal(a["teacher"][k], b["teacher"][k]) for k in a["teacher"])
+
+
+def test_sigkill_then_resume_equals_uninterrupted(image_workdir):
+    full, killed = image_workdir / "full", image_workdir / "killed"
+    run(pretrain_cmd(full, "--max-updates", "10", "--workers", "1"), cwd=image_workdir)
+    proc = subprocess.Popen(pretrain_cmd(killed, "--max-updates", "10", "--workers", "1"), cwd=image_workdir,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((killed / "metrics.jsonl").exists() and len(losses(killed)) >= 5):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and its worker, no chance to clean up
+    proc.wait()
+    assert 5 <= len(losses(killed)) < 10, "the run must be killed mid-way"
+    assert torch.load(killed / "last.pt", weights_only=True)["update"] < 10
+    run(pretrain_cmd(killed, "--max-updates", "10", "--workers", "1"), cwd=image_workdir)
+    assert _students_equal(full / "last.pt", killed / "last.pt")
+    assert [r for r in losses(killed)] == losses(full)  # metrics.jsonl rewritten from the checkpoint on
+
+
+def test_checkpoints_are_plain_state_dicts_at_budget_fractions(image_workdir):
+    out = image_workdir / "one"
+    if not out.exists():
+        run(pretrain_cmd(out), cwd=image_workdir)
+    names = sorted(p.name for p in out.glob("*.pt"))
+    assert names == ["best.pt", "budget-0.25.pt", "budget-0.5.pt", "budget-0.75.pt", "budget-1.pt", "last.pt"]
+    ckpt = torch.load(out / "budget-0.5.pt", weights_only=True)
+    assert ckpt["update"] == 3 and {"student", "teacher", "optimizer", "scheduler", "scaler", "rng"} <= set(ckpt)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["updates"] == 6 and summary["stop_reason"] == "max_updates" and summary["samples_per_s"] > 0
+    assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert any((out / "tb").iterdir())
+
+
+def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(image_workdir):
+    out = image_workdir / "nan"
+    result = subprocess.run(pretrain_cmd(out, "--debug-nan-at-update", "4"), cwd=image_workdir, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "loss is nan at update 4" in result.stderr
+    assert torch.load(out / "last.pt", weights_only=True)["update"] == 4  # saved after update 4 (0-based 3), before the NaN
+
+
+def test_uneven_shards_on_two_ranks_finish(image_workdir):
+    # 40 samples in shards of 24 + 16; 2 ranks x 3 samples; 7 updates cross the epoch boundary (40 // 6 = 6)
+    params = yaml.safe_load((image_workdir / "params.yaml").read_text())
+    params["pretrain"]["image"].update(batch_size=6, max_updates=7)
+    write_params(image_workdir / "uneven.yaml", params)
+    run(pretrain_cmd(image_workdir / "uneven", "--params", "uneven.yaml", "--nproc", "2"), cwd=image_workdir, timeout=300)
+    assert len(losses(image_workdir / "uneven")) == 7
