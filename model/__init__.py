@@ -1,6 +1,7 @@
 """data2vec 2.0 model core: pure PyTorch, single device, no I/O. See model/README.md."""
 from model.config import Data2Vec2Config, get_config
 from model.data2vec2 import Data2Vec2
+from model.build import build_model, config_from_dict
 from model.masking import make_mask
 
-__all__ = ["Data2Vec2", "Data2Vec2Config", "get_config", "make_mask"]
+__all__ = ["Data2Vec2", "Data2Vec2Config", "build_model", "config_from_dict", "get_config", "make_mask"]

@@ -121,7 +121,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from model.data2vec2 import Data2Vec2
+    from model.build import build_model
     from pipeline import checkpoint, distributed, paths
     from pipeline import params as P
     from pipeline.optim import lr_factor, param_groups
@@ -141,7 +141,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
         # identical initial weights on every rank (DDP also broadcasts rank 0's, but the teacher is outside DDP)
         torch.manual_seed(cfg.seed)
-        model = Data2Vec2(model_cfg).to(d.device)
+        model = build_model(model_cfg).to(d.device)
         dataset = PretrainBatches(cfg, model_cfg, shard_dir, "train", tokenizer_path)
         lr = cfg.resolved_lr()
         optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=lr, betas=cfg.betas, eps=cfg.eps)
@@ -162,7 +162,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         if last.exists() and not args.fresh:
             ckpt = checkpoint.load(last, d.device)
             model.load_state_dict(ckpt["student"])
-            model.teacher.load_state_dict(ckpt["teacher"])
+            if model.teacher is not None:
+                model.teacher.load_state_dict(ckpt["teacher"])
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])
             scaler.load_state_dict(ckpt["scaler"])
@@ -200,7 +201,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             torch.distributed.all_gather_object(rngs, checkpoint.rng_state())
             if d.is_main:
                 checkpoint.save(out / name, {
-                    "student": model.state_dict(), "teacher": model.teacher.state_dict(),
+                    "student": model.state_dict(), "teacher": model.teacher.state_dict() if model.teacher is not None else {},
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict(), "rng": rngs, "world_size": world,
                     "config": json.loads(json.dumps(resolved, default=str)), **state,
