@@ -63,6 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
                           epilog=EPILOG)
     pretrain_arguments(p)
 
+    from pipeline.throughput import add_arguments as throughput_arguments
+
+    p = stages.add_parser("throughput", help="measure loader and training throughput and MFU (appends to reports/throughput.json)",
+                          description="Measure the input pipeline (samples/s), one training step (samples/s, tokens/s), "
+                          "its FLOPs (FlopCounterMode) and MFU against this machine's measured matmul peak. Appends one "
+                          "record to --out. Speed is measured here, never asserted in tests.")
+    throughput_arguments(p)
+
     p = stages.add_parser("summary", help="print a model summary (parameters, tokens, FLOPs per step)",
                           description="Print parameters of the student encoder, decoder and teacher, tokens per sample, "
                           "visible tokens per clone, the clone batch and the FLOPs of one training step per sample.")
@@ -81,6 +89,10 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict | str | None:
             launch(args, argv)  # does not return
         summary = train(args)
         return summary if os.environ.get("RANK", "0") == "0" else None
+    if args.stage == "throughput":
+        from pipeline.throughput import run as measure_throughput
+
+        return measure_throughput(args)
     if args.stage == "summary":
         from model.summary import summarize
 

@@ -136,3 +136,28 @@ def test_uneven_shards_on_two_ranks_finish(image_workdir):
     write_params(image_workdir / "uneven.yaml", params)
     run(pretrain_cmd(image_workdir / "uneven", "--params", "uneven.yaml", "--nproc", "2"), cwd=image_workdir, timeout=300)
     assert len(losses(image_workdir / "uneven")) == 7
+
+
+def test_throughput_command_appends_a_record(image_workdir):
+    out = image_workdir / "throughput.json"
+    for _ in range(2):
+        run([sys.executable, "-m", "pipeline", "throughput", "--modality", "image", "--steps", "2", "--warmup", "1",
+             "--loader-batches", "3", "--workers", "0", "--out", str(out)], cwd=image_workdir)
+    records = json.loads(out.read_text())
+    assert len(records) == 2
+    r = records[0]
+    assert r["batch_size"] == 8 and r["tokens_per_sample"] == 49 and r["precision"] == "float32"
+    # consistency of the derived figures (not their size: speed is never asserted)
+    assert r["train_samples_per_s"] == pytest.approx(8 / r["step_seconds"])
+    assert r["mfu"] == pytest.approx(r["flops_per_sample"] * 8 / r["step_seconds"] / r["matmul_peak_flops_per_s"])
+    assert r["flops_per_sample"] > 0 and r["loader_samples_per_s"] > 0
+
+
+def test_bf16_autocast_runs_on_cpu(image_workdir):
+    params = yaml.safe_load((image_workdir / "params.yaml").read_text())
+    params["pretrain"]["image"].update(precision="bf16", max_updates=2)
+    write_params(image_workdir / "bf16.yaml", params)
+    run(pretrain_cmd(image_workdir / "bf16", "--params", "bf16.yaml"), cwd=image_workdir)
+    config = json.loads((image_workdir / "bf16" / "config.json").read_text())
+    assert config["precision"] == "torch.bfloat16"
+    assert all(l == l and l > 0 for l in losses(image_workdir / "bf16"))  # finite, positive
