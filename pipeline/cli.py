@@ -71,6 +71,20 @@ def build_parser() -> argparse.ArgumentParser:
                           "record to --out. Speed is measured here, never asserted in tests.")
     throughput_arguments(p)
 
+    from pipeline.sweep import add_arguments as sweep_arguments
+
+    p = stages.add_parser("sweep", help="fine-tune every budget checkpoint of a pretraining run (time-to-accuracy curve)",
+                          description="Fine-tune each budget-<fraction>.pt of models/<modality>/<method>/pretrain with the same "
+                          "recipe and label fraction (scratch: one run from random weights) and write curve.json.")
+    sweep_arguments(p)
+
+    p = stages.add_parser("report", help="write reports/benchmark.md, benchmark.html, metrics.json and plots",
+                          description="Collect every sweep's curve.json into reports/metrics.json (stamped with the git commit "
+                          "and the dvc.lock hash behind each number) and write the benchmark report with plots, speed-ups, "
+                          "throughput/MFU (reports/throughput/*.json) and the comparison with the paper.")
+    p.add_argument("--curves", nargs="*", help="curve.json files (default: models/*/*/sweep/*/curve.json)")
+    p.add_argument("--out", default="reports", help="report folder (default: %(default)s)")
+
     p = stages.add_parser("summary", help="print a model summary (parameters, tokens, FLOPs per step)",
                           description="Print parameters of the student encoder, decoder and teacher, tokens per sample, "
                           "visible tokens per clone, the clone batch and the FLOPs of one training step per sample.")
@@ -93,6 +107,14 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict | str | None:
         from pipeline.throughput import run as measure_throughput
 
         return measure_throughput(args)
+    if args.stage == "sweep":
+        from pipeline.sweep import run as sweep
+
+        return sweep(args)
+    if args.stage == "report":
+        from pipeline.report import run as report
+
+        return report(args)
     if args.stage == "summary":
         from model.summary import summarize
 

@@ -247,3 +247,76 @@ def to_html(markdown: str, images: dict[str, Path]) -> str:
 
 def load_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
+
+
+def dvc_out_hashes(lock_path: Path) -> dict[str, str]:
+    """{output path: md5} for every stage output recorded in dvc.lock."""
+    import yaml
+
+    if not lock_path.exists():
+        return {}
+    lock = yaml.safe_load(lock_path.read_text(encoding="utf-8")) or {}
+    return {o["path"]: o.get("md5", "") for stage in (lock.get("stages") or {}).values() for o in stage.get("outs", [])}
+
+
+def git_state() -> str:
+    import subprocess
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def collect(curve_paths: list[Path], lock_path: Path) -> list[dict[str, Any]]:
+    """Records of every sweep, stamped with the git commit and the DVC hash of the sweep output behind them."""
+    hashes, commit = dvc_out_hashes(lock_path), git_state()
+    records = []
+    for path in sorted(curve_paths):
+        sweep_dir = str(path.parent.parent)  # models/<modality>/<method>/sweep
+        for r in json.loads(path.read_text(encoding="utf-8")):
+            records.append({**r, "git_commit": commit, "dvc_stage_hash": hashes.get(sweep_dir, "not in dvc.lock")})
+    return records
+
+
+def headline_metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """A flat dict for `dvc metrics show/diff`: best score per method and data2vec 2.0's speed-ups."""
+    out: dict[str, Any] = {}
+    for (modality, task, metric), by_method in curves(records).items():
+        node = out.setdefault(modality, {}).setdefault(task, {})
+        for method, points in by_method.items():
+            node[f"{method}_best_{metric}"] = best_point(metric, points)[0]
+        for method, row in speedups(metric, by_method).items():
+            node[f"speedup_vs_{method}"] = row["speedup"] if row["speedup"] is not None else -1.0
+    return out
+
+
+def run(args) -> dict[str, Any]:
+    import hashlib
+    import platform
+
+    from pipeline.shard_writer import atomic_write_json
+
+    curve_paths = [Path(p) for p in args.curves] if args.curves else sorted(Path("models").glob("*/*/sweep/*/curve.json"))
+    if not curve_paths:
+        from pipeline.errors import UserInputError
+
+        raise UserInputError("no sweep results (models/<modality>/<method>/sweep/<task>/curve.json); run `python -m pipeline sweep` first")
+    records = collect(curve_paths, Path("dvc.lock"))
+    throughput = [t for p in sorted(Path(args.out, "throughput").glob("*.json")) for t in load_json(p)]
+    effective = {}
+    for summary in sorted(Path("models").glob("*/*/pretrain/summary.json")):
+        s = json.loads(summary.read_text())
+        effective[f"{s['modality']}/{s['method']}"] = s["effective_batch"]
+    lock = Path("dvc.lock")
+    context = {"git_commit": git_state(), "metrics_path": str(Path(args.out) / "metrics.json"),
+               "dvc_lock_md5": hashlib.md5(lock.read_bytes()).hexdigest() if lock.exists() else "no dvc.lock",
+               "hardware": throughput[0]["device"] if throughput else f"{platform.machine()} ({platform.platform()})",
+               "effective_batch": effective}
+    out = Path(args.out)
+    atomic_write_json(out / "metrics.json", records)
+    atomic_write_json(out / "headline.json", headline_metrics(records))
+    result = build(records, throughput, out, context)
+    return {"records": len(records), "report": str(out / "benchmark.md"), "statements": result["statements"]}
