@@ -3,5 +3,9 @@ from model.config import Data2Vec2Config, get_config
 from model.data2vec2 import Data2Vec2
 from model.build import build_model, config_from_dict
 from model.masking import make_mask
+from model.mae import MAE
+from model.mlm import MaskedLM
+from model.wav2vec2 import Wav2Vec2
 
-__all__ = ["Data2Vec2", "Data2Vec2Config", "build_model", "config_from_dict", "get_config", "make_mask"]
+__all__ = ["Data2Vec2", "Data2Vec2Config", "MAE", "MaskedLM", "Wav2Vec2", "build_model", "config_from_dict",
+           "get_config", "make_mask"]

@@ -8,6 +8,9 @@ Presets are plain functions: `get_config(modality, preset, method)`.
   * `base` / `large`: the released fairseq configs (examples/data2vec/config/v2/*_only_task.yaml),
     shared/reference/data2vec2-spec.md section 4.
   * `tiny`: a CPU demo that trains in minutes (see `_tiny_*` for what is shrunk and why).
+  * baselines on the same encoder (`mae` for images, `wav2vec2` for speech, `mlm` for text): the data2vec 2.0
+    preset of the modality with the baseline's own section (`MAEConfig`, `Wav2Vec2Config`, `MLMConfig`) and
+    masks; see `_to_baseline` for the released values taken.
 Optimizer, LR schedule and batch size are the trainer's business and are not here.
 """
 from __future__ import annotations
@@ -18,7 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MODALITIES = ("image", "speech", "text")
-METHODS = ("data2vec2", "data2vec1")
+METHODS = ("data2vec2", "data2vec1", "mae", "wav2vec2", "mlm")
+# The baselines of the benchmark each exist for one modality (fine-tuning from scratch needs no model).
+BASELINE_MODALITY = {"mae": "image", "wav2vec2": "speech", "mlm": "text"}
 PRESETS = ("tiny", "base", "large")
 
 # wav2vec 2.0 feature extractor: (channels, kernel, stride) per layer. Total stride 320 = 50 Hz at 16 kHz.
@@ -110,6 +115,57 @@ class DecoderConfig:
 
 
 @dataclass
+class MAEConfig:
+    """MAE (He et al. 2021, facebookresearch/mae models_mae.py): decoder and target of the image baseline.
+
+    The decoder is a narrow pre-LN transformer over the encoder's visible outputs plus a learned mask token at
+    every masked patch, with fixed 2-D sin-cos positions; it predicts the pixels of every patch.
+    """
+
+    decoder_embed_dim: int = 512  # mae_vit_base_patch16_dec512d8b (also the large model's decoder)
+    decoder_depth: int = 8
+    decoder_num_heads: int = 16
+    decoder_mlp_ratio: float = 4.0
+    decoder_norm_eps: float = 1e-6
+    norm_pix_loss: bool = True  # targets: each patch's pixels normalized by their own mean and variance
+    norm_pix_eps: float = 1e-6  # (target - mean) / sqrt(var + eps), var unbiased as in MAE
+
+
+@dataclass
+class Wav2Vec2Config:
+    """wav2vec 2.0 (Baevski et al. 2020, fairseq models/wav2vec/wav2vec2.py): quantizer and contrastive task.
+
+    Field names follow fairseq's Wav2Vec2Config; the loss weights are its criterion's `loss_weights`.
+    """
+
+    final_dim: int = 256  # context and target projections before the cosine similarity
+    latent_vars: int = 320  # V entries per codebook group
+    latent_groups: int = 2  # G groups; a codevector concatenates one entry per group
+    latent_dim: int = 0  # codevector width; 0 = final_dim
+    latent_temp: tuple[float, float, float] = (2.0, 0.5, 0.999995)  # Gumbel temperature start, floor, decay/update
+    num_negatives: int = 100  # K distractors from other masked frames of the same utterance
+    logit_temp: float = 0.1  # cosine similarities are divided by it
+    diversity_weight: float = 0.1  # loss_weights[0] on (GV - perplexity) / GV
+    feature_penalty_weight: float = 10.0  # loss_weights[1] on the mean square of the CNN output
+    dropout_input: float = 0.1  # on the projected local features fed to the context encoder
+    dropout_features: float = 0.1  # on the CNN features fed to the quantizer
+    feature_grad_mult: float = 0.1  # scales the gradient reaching the CNN
+
+
+@dataclass
+class MLMConfig:
+    """RoBERTa masked language modelling (fairseq MaskTokensDataset + RobertaLMHead).
+
+    The selection itself (15% of tokens) is `cfg.mask`; of the selected tokens 80% become <mask>, 10% a random
+    token and 10% stay, and every selected token is predicted.
+    """
+
+    leave_unmasked_prob: float = 0.1
+    random_token_prob: float = 0.1
+    num_special_tokens: int = 5  # ids below this (<s> <pad> </s> <unk> <mask>) are never drawn as random tokens
+
+
+@dataclass
 class Data2Vec2Config:
     modality: str = "image"
     method: str = "data2vec2"
@@ -160,6 +216,13 @@ class Data2Vec2Config:
 
     seed: int = 1  # mask seed used when a batch comes without precomputed masks
 
+    # Baselines on the same encoder: the section of cfg.method, None otherwise. Their models read the
+    # modality sections, `encoder`, `mask` and `seed`; the data2vec fields above (decoder, targets, EMA)
+    # are unused, and the EMA decays are 1 (no teacher).
+    mae: MAEConfig | None = None
+    wav2vec2: Wav2Vec2Config | None = None
+    mlm: MLMConfig | None = None
+
     def __post_init__(self) -> None:
         if self.modality not in MODALITIES:
             raise ValueError(f"modality must be one of {MODALITIES}, got {self.modality!r}")
@@ -171,6 +234,13 @@ class Data2Vec2Config:
             raise ValueError("embed_dim must be divisible by num_heads")
         if not self.remove_masked and self.mask.clone_batch != 1:
             raise ValueError("a student that sees all tokens (data2vec 1.0) uses one mask per sample")
+        if self.method in BASELINE_MODALITY:
+            if self.modality != BASELINE_MODALITY[self.method]:
+                raise ValueError(f"{self.method} is a {BASELINE_MODALITY[self.method]} method, not {self.modality}")
+            if getattr(self, self.method) is None:
+                raise ValueError(f"a {self.method} config needs its `{self.method}` section")
+            if self.mask.clone_batch != 1:
+                raise ValueError(f"{self.method} uses one mask per sample (clone_batch 1)")
 
     @property
     def embed_dim(self) -> int:
@@ -212,6 +282,9 @@ class Data2Vec2Config:
             "text": TextEncoderConfig,
             "mask": MaskConfig,
             "decoder": DecoderConfig,
+            "mae": MAEConfig,
+            "wav2vec2": Wav2Vec2Config,
+            "mlm": MLMConfig,
         }
         kwargs = dict(d)
         for name, section_cls in sections.items():
@@ -219,6 +292,8 @@ class Data2Vec2Config:
                 kwargs[name] = section_cls(**kwargs[name])
         if kwargs.get("speech") is not None:
             kwargs["speech"].conv_feature_layers = [tuple(layer) for layer in kwargs["speech"].conv_feature_layers]
+        if kwargs.get("wav2vec2") is not None:  # JSON turns the tuple into a list
+            kwargs["wav2vec2"].latent_temp = tuple(kwargs["wav2vec2"].latent_temp)
         return cls(**kwargs)
 
 
@@ -427,6 +502,56 @@ def _to_data2vec1(cfg: Data2Vec2Config) -> Data2Vec2Config:
     return cfg
 
 
+# ----------------------------------------------------------------------------------------------------
+# Baselines on the same encoder (spec section 7, issue 6): the data2vec 2.0 preset of the modality keeps its
+# encoder (sizes, post-LN blocks, dropouts, layerdrop, local/context encoders) and input sizes; the method
+# brings its own masks, head and loss. One mask per sample, no teacher.
+#
+# Released values taken:
+#   * MAE (mae_vit_*_dec512d8b, main_pretrain.py): 75% random masking (MAE `random_masking`: exactly
+#     int(L * 0.25) visible patches per image), decoder 8 blocks x 512 with 16 heads (base and large),
+#     norm_pix_loss. tiny: decoder 2 blocks x 64 with 2 heads (the MAE head width of 32).
+#   * wav2vec 2.0 (wav2vec2_base_librispeech.yaml / wav2vec2_large_librivox.yaml): G=2 groups x V=320 entries,
+#     codevectors of final_dim (256 base, 768 large), K=100 distractors, logit temperature 0.1, diversity
+#     weight 0.1, feature penalty 10 (large: 0), Gumbel temperature 2 -> 0.5 (large: 0.1) x 0.999995 per
+#     update, dropout_input/dropout_features 0.1 and feature_grad_mult 0.1 (large: 0, 0 and 1).
+#     Masks: fairseq's mask_prob=0.65 with spans of 10 means 0.065 * T span starts per utterance; their overlaps
+#     cover ~49% of the frames (the paper's "approximately 49%"). Here mask_prob is the exact masked fraction,
+#     so: int(T * (0.49 + 0.16) / 10) span starts, then exactly int(T * 0.49) masked frames.
+#     tiny: G=2 x V=32, codevectors and final_dim 64, the temperature reaches 0.5 after ~2,000 updates
+#     (decay 0.9993, the tiny EMA horizon), everything else as base.
+#   * RoBERTa (MaskTokensDataset defaults): 15% of the tokens selected (exactly T - int(T * 0.85) per
+#     sequence; fairseq rounds int(0.15 * T + rand)), of them 80% <mask> / 10% random / 10% unchanged;
+#     a tied LM head. tiny: as base.
+
+
+def _to_baseline(cfg: Data2Vec2Config, method: str) -> Data2Vec2Config:
+    cfg.method = method
+    cfg.cls_loss = 0.0
+    cfg.ema_decay = cfg.ema_end_decay = 1.0  # no teacher
+    cfg.min_target_var = cfg.min_pred_var = 0.0  # the collapse guard watches teacher targets; there are none
+    tiny, large = cfg.preset == "tiny", cfg.preset == "large"
+    if method == "mae":
+        cfg.remove_masked = True  # the encoder sees the visible patches only
+        cfg.mask = MaskConfig(mask_prob=0.75, mask_length=1, mask_prob_adjust=0.0, inverse_mask=True, clone_batch=1)
+        cfg.mae = MAEConfig(decoder_embed_dim=64, decoder_depth=2, decoder_num_heads=2) if tiny else MAEConfig()
+    elif method == "wav2vec2":
+        cfg.remove_masked = False  # every frame, masked ones replaced by a learned mask embedding
+        cfg.mask = MaskConfig(mask_prob=0.49, mask_length=10, mask_prob_adjust=0.16, inverse_mask=False, clone_batch=1)
+        if tiny:
+            cfg.wav2vec2 = Wav2Vec2Config(final_dim=64, latent_vars=32, latent_temp=(2.0, 0.5, 0.9993))
+        elif large:
+            cfg.wav2vec2 = Wav2Vec2Config(final_dim=768, latent_temp=(2.0, 0.1, 0.999995), feature_penalty_weight=0.0,
+                                          dropout_input=0.0, dropout_features=0.0, feature_grad_mult=1.0)
+        else:
+            cfg.wav2vec2 = Wav2Vec2Config(final_dim=256)
+    else:
+        cfg.remove_masked = False  # BERT-style corrupted input
+        cfg.mask = MaskConfig(mask_prob=0.15, mask_length=1, mask_prob_adjust=0.0, inverse_mask=False, clone_batch=1)
+        cfg.mlm = MLMConfig()
+    return cfg
+
+
 def get_config(modality: str, preset: str, method: str = "data2vec2") -> Data2Vec2Config:
     """The config of `method` for `modality` at size `preset` (tiny, base or large)."""
     if (modality, preset) not in _DATA2VEC2_PRESETS:
@@ -434,10 +559,16 @@ def get_config(modality: str, preset: str, method: str = "data2vec2") -> Data2Ve
             f"no preset {preset!r} for modality {modality!r}; presets: {PRESETS}, modalities: {MODALITIES}"
         )
     if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS} here, got {method!r}")
+        hint = " (fine-tuning from scratch pretrains nothing)" if method == "scratch" else ""
+        raise ValueError(f"method must be one of {METHODS} here, got {method!r}{hint}")
+    if method in BASELINE_MODALITY and modality != BASELINE_MODALITY[method]:
+        raise ValueError(f"{method} is the {BASELINE_MODALITY[method]} baseline; there is no {method} for "
+                         f"{modality} (baselines: {BASELINE_MODALITY})")
     cfg = _DATA2VEC2_PRESETS[(modality, preset)]()
     cfg.preset = preset
     if method == "data2vec1":
         cfg = _to_data2vec1(cfg)
+    elif method in BASELINE_MODALITY:
+        cfg = _to_baseline(cfg, method)
     cfg.__post_init__()
     return cfg

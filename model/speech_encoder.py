@@ -104,6 +104,10 @@ class SpeechContextEncoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """x (N, T, D) -> (N, T_keep, D), padding of the kept frames, attention mask (N, H, T_keep, T_keep)."""
         T = x.shape[1]
+        if padding_mask is not None:
+            # padded frames are zeroed before the positional conv (fairseq wav2vec 2.0 `x[padding_mask] = 0`),
+            # so the padding's content cannot reach the real frames through the conv
+            x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
         if keep is not None:
             # encoder_zero_mask: the positional conv runs over the whole sequence, so masked frames are zeroed
             # first; otherwise their content would reach the visible frames through the conv.

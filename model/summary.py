@@ -4,13 +4,17 @@ The model is built on the `meta` device (no memory, no weights), so base and lar
 second. FLOPs are counted with torch.utils.flop_counter.FlopCounterMode over one real training step on meta
 tensors (forward, backward and the teacher's forward, batch of one sample and its M clones): matmuls,
 convolutions and attention only; normalizations and elementwise ops are not counted.
+
+The baselines (mae, wav2vec2, mlm) report the same encoder count, their head (MAE decoder, wav2vec 2.0
+quantizer and projections, LM head) and the FLOPs of one training step (forward and backward, one sample).
 """
 from __future__ import annotations
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from model.config import get_config
+from model.build import build_model
+from model.config import BASELINE_MODALITY, Data2Vec2Config, get_config
 from model.data2vec2 import INPUT_KEYS, Data2Vec2
 from model.masking import make_mask, num_masked
 
@@ -50,6 +54,8 @@ def training_step_flops(model: Data2Vec2) -> tuple[int, int]:
 
 def summarize(modality: str, preset: str, method: str = "data2vec2") -> str:
     cfg = get_config(modality, preset, method)
+    if method in BASELINE_MODALITY:
+        return summarize_baseline(cfg)
     with torch.device("meta"):
         model = Data2Vec2(cfg)
     model.train()
@@ -83,6 +89,65 @@ def summarize(modality: str, preset: str, method: str = "data2vec2") -> str:
         ("FLOPs / training step / sample",
          f"{step_flops / 1e9:,.2f} GFLOP (student fwd+bwd over M clones + teacher fwd)"),
         ("  of which teacher forward", f"{teacher_flops / 1e9:,.2f} GFLOP"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    lines = [f"{name:<{width}}  {value}" for name, value in rows]
+    lines.append("FLOPs: torch.utils.flop_counter.FlopCounterMode on the meta device (matmul, conv, attention only)")
+    return "\n".join(lines)
+
+
+def summarize_baseline(cfg: Data2Vec2Config) -> str:
+    """Summary of a baseline (mae, wav2vec2, mlm) on the meta device: encoder, head, FLOPs of one step."""
+    with torch.device("meta"):
+        model = build_model(cfg)
+    model.train()
+    encoder = sum(_count(m) for m in (model.local_encoder, model.context_encoder, model.blocks, model.norm))
+    tokens = cfg.num_tokens()
+    masked = num_masked(cfg.mask, tokens)
+    if cfg.method == "mae":
+        mae = cfg.mae
+        head = [("decoder parameters", f"{_count(model.decoder):,} ({mae.decoder_depth} pre-LN blocks x "
+                                       f"{mae.decoder_embed_dim}, {mae.decoder_num_heads} heads, learned mask token)")]
+        encoder_input = f"{tokens - masked} visible patches + {cfg.num_extra_tokens} CLS ({masked} masked at random)"
+        task = "normalized pixels of the masked patches (MSE)" if mae.norm_pix_loss else "pixels of the masked patches"
+    elif cfg.method == "wav2vec2":
+        w = cfg.wav2vec2
+        encoder += model.mask_embedding.numel()  # kept for fine-tuning, as fairseq's mask_emb
+        vq_dim = w.latent_dim or w.final_dim
+        head = [
+            ("quantizer parameters", f"{_count(model.quantizer):,} (G={w.latent_groups} x V={w.latent_vars} "
+                                     f"codebook, {vq_dim}-d codevectors)"),
+            ("projections (final_proj, project_q)", f"{_count(model.final_proj) + _count(model.project_q):,} "
+                                                    f"(to final_dim {w.final_dim})"),
+        ]
+        encoder_input = f"all {tokens} frames; {masked} masked ones replaced by the mask embedding"
+        task = f"contrastive over the masked frames, {w.num_negatives} distractors each + diversity + feature penalty"
+    else:
+        head = [("LM head parameters", f"{_count(model.lm_head):,} (dense + LayerNorm + output bias; "
+                                       f"output weight tied to the token embedding)")]
+        encoder_input = f"all {tokens} tokens; {masked} selected (80% <mask>, 10% random, 10% unchanged)"
+        task = "cross-entropy on the selected tokens"
+    batch = _example_batch(model)
+    with FlopCounterMode(display=False) as counter:
+        loss, _ = model(batch)
+        loss.backward()
+    if cfg.modality == "speech":
+        unit = f"frames ({cfg.speech.max_sample_size} samples = {cfg.speech.max_sample_size / 16000:g} s at 16 kHz)"
+    elif cfg.modality == "image":
+        unit = f"patches ({cfg.image.grid_size}x{cfg.image.grid_size} grid of {cfg.image.patch_size}px)"
+    else:
+        unit = "tokens (max_positions)"
+    rows = [
+        ("method / modality / preset", f"{cfg.method} / {cfg.modality} / {cfg.preset}"),
+        ("width / heads / blocks", f"{cfg.embed_dim} / {cfg.encoder.num_heads} / "
+                                   f"{cfg.prenet_depth} prenet + {cfg.encoder.depth} main"),
+        ("encoder parameters", f"{encoder:,} (the data2vec 2.0 encoder)"),
+        *head,
+        ("tokens per sample", f"{tokens} {unit}"),
+        ("encoder input", encoder_input),
+        ("masks per sample", "1 (no clone batch, no teacher)"),
+        ("task", task),
+        ("FLOPs / training step / sample", f"{counter.get_total_flops() / 1e9:,.2f} GFLOP (forward + backward)"),
     ]
     width = max(len(name) for name, _ in rows)
     lines = [f"{name:<{width}}  {value}" for name, value in rows]

@@ -106,3 +106,24 @@ def test_conv_decoders_keep_the_sequence_and_grid(decoder_type, kernel):
     changed[:, 0] += 1
     reach = (decoder(changed) - decoder(x)).abs().sum((0, 2)) > 0
     assert reach[0] and not reach[-1]
+
+
+def test_speech_padding_content_does_not_reach_real_frames():
+    """Whatever sits in the padded tail, the features of the real frames are the same."""
+    import torch
+
+    from model.config import get_config
+    from model.data2vec2 import Data2Vec2
+
+    torch.manual_seed(0)
+    model = Data2Vec2(get_config("speech", "tiny")).eval()
+    audio = torch.randn(2, 16000)
+    padding = torch.zeros(2, 16000, dtype=torch.bool)
+    padding[1, 9000:] = True
+    other = audio.clone()
+    other[1, 9000:] = torch.randn(7000) * 5
+    a = model.extract_features(audio, padding)
+    b = model.extract_features(other, padding)
+    real = ~a["padding_mask"][1]
+    assert real.sum() < real.numel()  # the second utterance really is padded
+    torch.testing.assert_close(a["x"][1][real], b["x"][1][real], atol=1e-5, rtol=1e-5)
