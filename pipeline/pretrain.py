@@ -38,7 +38,8 @@ def default_workers(nproc: int) -> int:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--modality", required=True, choices=("image", "speech", "text"))
-    p.add_argument("--method", default="data2vec2", help="data2vec2 (default) or data2vec1")
+    p.add_argument("--method", default="data2vec2",
+                   help="data2vec2 (default), data2vec1, or the baseline of the modality: mae (image), wav2vec2 (speech), mlm (text)")
     p.add_argument("--preset", help="tiny, base or large (default: params.yaml pretrain.<modality>.preset)")
     p.add_argument("--out", type=Path, help="output folder (default: models/<modality>/<method>/pretrain)")
     p.add_argument("--shards", type=Path, help="shard folder (default: data/shards/<modality>)")
@@ -145,8 +146,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         dataset = PretrainBatches(cfg, model_cfg, shard_dir, "train", tokenizer_path)
         lr = cfg.resolved_lr()
         optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=lr, betas=cfg.betas, eps=cfg.eps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda u: lr_factor(u, cfg.warmup_updates, cfg.max_updates, cfg.min_lr / lr if lr else 0.0))
+        min_ratio = cfg.min_lr / lr if lr else 0.0
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: lr_factor(u, cfg.warmup_updates, cfg.max_updates, min_ratio))
         dtype = autocast_dtype(cfg.precision, d.device)
         scaler = torch.amp.GradScaler("cuda", enabled=dtype is torch.float16)
         # per-rank RNG for dropout / layer-drop / noise tokens
@@ -210,6 +211,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         stop_reason = "max_updates"
         tokens_per_sample = None
         window: list[dict[str, float]] = []
+        mean_loss = math.inf  # mean loss of the latest log window
         started = time.perf_counter() - state["train_seconds"]
         resumed_at = (state["update"], state["train_seconds"])
         for update, batch in _updates(loader, cfg.grad_accum):
@@ -237,9 +239,15 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
+            if cfg.budget_seconds:  # the cosine also follows the wall-clock budget (optim.lr_factor)
+                time_fraction = distributed.all_reduce_mean(
+                    torch.tensor((time.perf_counter() - started) / cfg.budget_seconds, device=d.device))
+                factor = lr_factor(update + 1, cfg.warmup_updates, cfg.max_updates, min_ratio, float(time_fraction))
+                for group in optimizer.param_groups:
+                    group["lr"] = group["initial_lr"] * factor
             state["update"] = update + 1
             reduced["ema_decay"] = model.ema_step(state["update"])
-            reduced.update(lr=scheduler.get_last_lr()[0], grad_norm=float(grad_norm))
+            reduced.update(lr=optimizer.param_groups[0]["lr"], grad_norm=float(grad_norm))
             _check_collapse(reduced, model_cfg, cfg, state["update"])
             window.append(reduced)
 
@@ -254,9 +262,6 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 mean_loss = sum(r["loss"] for r in window) / len(window)
                 log.write({**record, "loss": mean_loss})
                 window = []
-                if mean_loss < state["best_loss"]:
-                    state["best_loss"] = mean_loss
-                    save("best.pt")
             over_time = cfg.budget_seconds is not None and elapsed >= cfg.budget_seconds
             over_time = distributed.broadcast_flag(over_time, d.device)
             for fraction in cfg.checkpoint_fractions:
@@ -266,7 +271,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                     state["saved_fractions"].append(fraction)
                     save(f"budget-{fraction:g}.pt")
             if done_updates % cfg.checkpoint_every == 0 or done_updates == cfg.max_updates or over_time:
+                is_best = mean_loss < state["best_loss"]  # best: lowest logged loss, judged when last.pt is written
+                state["best_loss"] = min(state["best_loss"], mean_loss)
                 save("last.pt")
+                if is_best:
+                    save("best.pt")
             if over_time:
                 stop_reason = "budget_seconds"
                 break
