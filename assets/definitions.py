@@ -4,6 +4,7 @@ from __future__ import annotations
 import dagster as dg
 
 from assets.data import build_data_assets
+from assets.finetuning import build_finetune_asset
 from assets.training import build_pretrain_asset
 
 MODALITIES = ("image", "speech", "text")
@@ -13,14 +14,21 @@ _built = {m: build_data_assets(m) for m in MODALITIES}
 for _m, (_assets, _) in _built.items():
     _inputs = {a.key.path[-1]: a for a in _assets}
     _upstream = [_inputs["shards"]] + ([_inputs["tokenizer"]] if _m == "text" else [])
-    _assets += [build_pretrain_asset(_m, method, _upstream) for method in METHODS]
+    _pretrained = [build_pretrain_asset(_m, method, _upstream) for method in METHODS]
+    _data = [_inputs["shards"]] + ([_inputs["tokenizer"]] if "tokenizer" in _inputs else [])  # speech: CTC letters
+    _finetuned = [build_finetune_asset(_m, method, _data + [pre]) for method, pre in zip(METHODS, _pretrained)]
+    if _m == "image":
+        _finetuned += [build_finetune_asset(_m, method, _data + [pre], mode="linear_probe") for method, pre in zip(METHODS, _pretrained)]
+    _finetuned.append(build_finetune_asset(_m, "scratch", _data))
+    _assets += _pretrained + _finetuned
 ASSETS = [a for assets, _ in _built.values() for a in assets]
 CHECKS = [c for _, checks in _built.values() for c in checks]
 
 # Jobs select asset objects, never selection strings (shared/reference/ecosystem-notes.md §0).
 JOBS = [
     dg.define_asset_job(f"{m}_pipeline", selection=dg.AssetSelection.assets(*_built[m][0]),
-                        description=f"Everything for {m}: embedded data -> shards -> (tokenizer) -> pretraining")
+                        description=f"Everything for {m}: embedded data -> shards -> (tokenizer) -> pretraining -> fine-tuning "
+                        "(pretrained and scratch)")
     for m in MODALITIES
 ] + [
     dg.define_asset_job("demo", selection=dg.AssetSelection.assets(*ASSETS),

@@ -63,6 +63,26 @@ def build_parser() -> argparse.ArgumentParser:
                           epilog=EPILOG)
     pretrain_arguments(p)
 
+    from pipeline.evaluate import add_arguments as evaluate_arguments
+    from pipeline.finetune import add_arguments as finetune_arguments
+
+    p = stages.add_parser("finetune", help="fine-tune a pretrained (or `none`: scratch) encoder on a labeled task, then test it",
+                          description="Fine-tune under torchrun (--nproc processes; resumes from last.pt): image "
+                          "classification (mean-pooled patches, layer decay, drop path, label smoothing) or a linear probe "
+                          "(--mode linear_probe), speech CTC on characters (frozen feature extractor, time/channel masks), "
+                          "text classification from <s>. Writes models/<modality>/<method>/finetune/<task>[-<mode>][-f<fraction>]/: "
+                          "last.pt, best.pt (best on validation), metrics.jsonl, tb/, metrics.json (test metrics of best.pt), "
+                          "confusion_matrix.png or samples.json. Hyper-parameters: params.yaml finetune.<modality>.",
+                          epilog=EPILOG)
+    finetune_arguments(p)
+
+    p = stages.add_parser("evaluate", help="evaluate a fine-tuned checkpoint on a split (top1/top5, WER/CER, accuracy/F1/MCC)",
+                          description="Score a fine-tuned checkpoint (best.pt or last.pt of `finetune`) on a split of its "
+                          "task; writes eval-<split>.json (the metrics.json schema) and confusion_matrix-<split>.png or "
+                          "samples-<split>.json next to the checkpoint (or in --out). One process, one device.",
+                          epilog=EPILOG)
+    evaluate_arguments(p)
+
     from pipeline.throughput import add_arguments as throughput_arguments
 
     p = stages.add_parser("throughput", help="measure loader and training throughput and MFU (appends to reports/throughput.json)",
@@ -82,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Collect every sweep's curve.json into reports/metrics.json (stamped with the git commit "
                           "and the dvc.lock hash behind each number) and write the benchmark report with plots, speed-ups, "
                           "throughput/MFU (reports/throughput/*.json) and the comparison with the paper.")
-    p.add_argument("--curves", nargs="*", help="curve.json files (default: models/*/*/sweep/*/curve.json)")
+    p.add_argument("--curves", nargs="*", help="curve.json files (default: models/*/*/finetune/*/curve.json)")
     p.add_argument("--out", default="reports", help="report folder (default: %(default)s)")
 
     p = stages.add_parser("summary", help="print a model summary (parameters, tokens, FLOPs per step)",
@@ -115,6 +135,21 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict | str | None:
         from pipeline.report import run as report
 
         return report(args)
+    if args.stage == "finetune":
+        from pipeline import distributed
+        from pipeline.finetune import preflight
+        from pipeline.finetune import train as finetune
+        from pipeline.pretrain import launch
+
+        if not distributed.under_torchrun():
+            preflight(args)
+            launch(args, argv)  # does not return
+        summary = finetune(args)
+        return summary if os.environ.get("RANK", "0") == "0" else None
+    if args.stage == "evaluate":
+        from pipeline.evaluate import evaluate_checkpoint
+
+        return evaluate_checkpoint(args)
     if args.stage == "summary":
         from model.summary import summarize
 

@@ -31,8 +31,9 @@ def loss_curve_png(records: list[dict[str, Any]], path: Path, title: str) -> Non
 
 
 class TrainLog:
-    def __init__(self, out: Path, is_main: bool, progress: bool, total: int, initial: int, desc: str, title: str):
-        self.out, self.is_main, self.title = out, is_main, title
+    def __init__(self, out: Path, is_main: bool, progress: bool, total: int, initial: int, desc: str, title: str,
+                 tb_prefix: str = "pretrain"):
+        self.out, self.is_main, self.title, self.tb_prefix = out, is_main, title, tb_prefix
         self.bar = self.tb = self.pipes = None
         self._pipes_cm = None
         if not is_main:
@@ -74,7 +75,7 @@ class TrainLog:
         self.metrics.flush()
         for key, value in record.items():
             if key != "update" and isinstance(value, (int, float)):
-                self.tb.add_scalar(f"pretrain/{key}", value, record["update"])
+                self.tb.add_scalar(f"{self.tb_prefix}/{key}", value, record["update"])
         if self.pipes:
             self.pipes.log.info(f"update {record['update']}: loss {record['loss']:.4f}, {record['samples_per_s']:.1f} samples/s")
 

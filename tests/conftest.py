@@ -35,6 +35,15 @@ TINY_PARAMS = {
         m: {"preset": "tiny", "batch_size": 4, "max_updates": 3, "warmup_updates": 1, "checkpoint_every": 2, "log_every": 1}
         for m in ("image", "speech", "text")
     },
+    # a few updates of a few samples; validation and a checkpoint half-way, so best.pt and resume paths run
+    "finetune": {
+        "image": {"preset": "tiny", "batch_size": 8, "max_updates": 4, "valid_size": 16, "eval_every": 2,
+                  "eval_batch_size": 16, "log_every": 1, "checkpoint_every": 2},
+        "speech": {"preset": "tiny", "batch_size": 2, "max_updates": 3, "freeze_updates": 1, "eval_every": 2,
+                   "eval_batch_size": 2, "log_every": 1, "checkpoint_every": 2},
+        "text": {"preset": "tiny", "batch_size": 8, "max_updates": 4, "eval_every": 2, "eval_batch_size": 16,
+                 "log_every": 1, "checkpoint_every": 2},
+    },
 }
 
 

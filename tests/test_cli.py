@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.cli import build_parser, main
 
-STAGES = ("prepare", "shard", "tokenizer", "summary")
+STAGES = ("prepare", "shard", "tokenizer", "summary", "finetune", "evaluate")
 
 
 def test_every_stage_has_help():

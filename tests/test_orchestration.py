@@ -19,6 +19,8 @@ def test_definitions_load_with_expected_assets_and_jobs():
     dg.Definitions.validate_loadable(defs)
     keys = {"/".join(k.path) for k in defs.resolve_all_asset_keys()}
     expected = {f"{m}/{a}" for m in ("image", "speech", "text") for a in ("raw", "shards")} | {"text/tokenizer", "speech/tokenizer"}
+    expected |= {f"{m}/{method}/finetuned" for m in ("image", "speech", "text") for method in ("data2vec2", "scratch")}
+    expected |= {"image/data2vec2/linear_probe"}
     assert expected <= keys
     for job in ("demo", "image_pipeline", "speech_pipeline", "text_pipeline"):
         assert defs.resolve_job_def(job) is not None
@@ -76,13 +78,21 @@ def test_dagster_job_execute_runs_a_modality(repo_copy, tmp_path):
     metadata = event.asset_materialization.metadata
     assert metadata["final_loss"].value > 0 and metadata["samples_per_s"].value > 0
     assert "data:image/png;base64" in metadata["loss_curve"].value
+    # fine-tuned from that checkpoint and from scratch, each reporting its test metric and confusion matrix
+    for key in (["image", "data2vec2", "finetuned"], ["image", "scratch", "finetuned"], ["image", "data2vec2", "linear_probe"]):
+        with DagsterInstance.from_config(str(home)) as instance:
+            metadata = instance.get_latest_materialization_event(dg.AssetKey(key)).asset_materialization.metadata
+        assert metadata["metric"].value == "top1" and 0 <= metadata["top1"].value <= 1, key
+        assert "data:image/png;base64" in metadata["confusion_matrix"].value
+    metrics = json.loads((repo_copy / "models/image/data2vec2/finetune/fashion_mnist/metrics.json").read_text())
+    assert metrics["pretrain_updates"] == 3 and metrics["finetune_updates"] == 4
     assert any(home.joinpath("history").rglob("*")) or any(home.rglob("*.db"))  # the run persisted in DAGSTER_HOME
 
 
 @pytest.mark.slow
 def test_dvc_repro_end_to_end_then_no_op(repo_copy):
     first = run([str(DVC), "repro"], cwd=repo_copy)
-    assert first.stdout.count("Running stage") == 11
+    assert first.stdout.count("Running stage") == 18  # 3 prepare, 3 shard, 2 tokenizer, 3 pretrain, 7 fine-tuning
     for modality in ("image", "speech", "text"):
         assert verify_index(repo_copy / "data" / "shards" / modality) == []
     for modality in ("text", "speech"):
@@ -92,6 +102,15 @@ def test_dvc_repro_end_to_end_then_no_op(repo_copy):
     for modality in ("image", "speech", "text"):
         summary = json.loads((repo_copy / "models" / modality / "data2vec2" / "pretrain" / "summary.json").read_text())
         assert summary["updates"] == 3 and summary["final_loss"] > 0
+    metric_of = {"image": "top1", "speech": "wer", "text": "accuracy"}
+    task_of = {"image": "fashion_mnist", "speech": "synth", "text": "lexname"}
+    for modality in ("image", "speech", "text"):
+        for method in ("data2vec2", "scratch"):
+            result = json.loads((repo_copy / "models" / modality / method / "finetune" / task_of[modality] / "metrics.json").read_text())
+            assert (result["method"], result["metric"], result["split"]) == (method, metric_of[modality], "test")
+            assert result["pretrain_updates"] == (3 if method == "data2vec2" else 0)
+    shown = run([str(DVC), "metrics", "show", "--json"], cwd=repo_copy).stdout
+    assert "models/text/scratch/finetune/lexname/metrics.json" in shown
     second = run([str(DVC), "repro"], cwd=repo_copy)
     assert "Running stage" not in second.stdout
     assert run([str(DVC), "status"], cwd=repo_copy).stdout.strip() == "Data and pipelines are up to date."
