@@ -275,7 +275,7 @@ def collect(curve_paths: list[Path], lock_path: Path) -> list[dict[str, Any]]:
     hashes, commit = dvc_out_hashes(lock_path), git_state()
     records = []
     for path in sorted(curve_paths):
-        sweep_dir = str(path.parent.parent)  # models/<modality>/<method>/finetune (the DVC out)
+        sweep_dir = str(path.parent.parent)  # models/<modality>/<method>/sweep (the DVC out)
         for r in json.loads(path.read_text(encoding="utf-8")):
             records.append({**r, "git_commit": commit, "dvc_stage_hash": hashes.get(sweep_dir, "not in dvc.lock")})
     return records
@@ -299,11 +299,11 @@ def run(args) -> dict[str, Any]:
 
     from pipeline.shard_writer import atomic_write_json
 
-    curve_paths = [Path(p) for p in args.curves] if args.curves else sorted(Path("models").glob("*/*/finetune/*/curve.json"))
+    curve_paths = [Path(p) for p in args.curves] if args.curves else sorted(Path("models").glob("*/*/sweep/*/curve.json"))
     if not curve_paths:
         from pipeline.errors import UserInputError
 
-        raise UserInputError("no sweep results (models/<modality>/<method>/finetune/<task>/curve.json); run `python -m pipeline sweep` first")
+        raise UserInputError("no sweep results (models/<modality>/<method>/sweep/<task>/curve.json); run `python -m pipeline sweep` first")
     records = collect(curve_paths, Path("dvc.lock"))
     throughput = [t for p in sorted(Path(args.out, "throughput").glob("*.json")) for t in load_json(p)]
     effective = {}

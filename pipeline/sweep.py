@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", required=True, help="pretraining method whose budget checkpoints to fine-tune, or scratch")
     p.add_argument("--task", help="downstream task (default: fashion_mnist / synth / lexname)")
     p.add_argument("--pretrain-dir", type=Path, help="default: models/<modality>/<method>/pretrain")
-    p.add_argument("--out", type=Path, help="default: models/<modality>/<method>/finetune/<task>")
+    p.add_argument("--out", type=Path, help="default: models/<modality>/<method>/sweep/<task>")
     p.add_argument("--label-fraction", type=float, help="default: params.yaml finetune.<modality>")
     p.add_argument("--nproc", type=int, default=1)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from pipeline.shard_writer import atomic_write_json
 
     task = args.task or DEFAULT_TASKS[args.modality]
-    out = args.out or Path("models") / args.modality / args.method / "finetune" / task
+    out = args.out or Path("models") / args.modality / args.method / "sweep" / task
     params = P.load(args.params)
     if args.method == "scratch":
         points: list[tuple[float, str]] = [(0.0, "none")]
