@@ -316,6 +316,7 @@ def run(args) -> dict[str, Any]:
                "hardware": throughput[0]["device"] if throughput else f"{platform.machine()} ({platform.platform()})",
                "effective_batch": effective}
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "metrics.json", records)
     atomic_write_json(out / "headline.json", headline_metrics(records))
     result = build(records, throughput, out, context)
