@@ -25,13 +25,16 @@ ASSETS = [a for assets, _ in _built.values() for a in assets]
 CHECKS = [c for _, checks in _built.values() for c in checks]
 
 # Jobs select asset objects, never selection strings (shared/reference/ecosystem-notes.md §0).
+# One step at a time: every training step already uses all cores (torch threads, or torchrun --nproc), and
+# two of them side by side oversubscribe the CPU (measured: speech fine-tuning 17x slower) and skew timings.
+ONE_STEP_AT_A_TIME = {"execution": {"config": {"multiprocess": {"max_concurrent": 1}}}}
 JOBS = [
-    dg.define_asset_job(f"{m}_pipeline", selection=dg.AssetSelection.assets(*_built[m][0]),
+    dg.define_asset_job(f"{m}_pipeline", selection=dg.AssetSelection.assets(*_built[m][0]), config=ONE_STEP_AT_A_TIME,
                         description=f"Everything for {m}: embedded data -> shards -> (tokenizer) -> pretraining -> fine-tuning "
                         "(pretrained and scratch)")
     for m in MODALITIES
 ] + [
-    dg.define_asset_job("demo", selection=dg.AssetSelection.assets(*ASSETS),
+    dg.define_asset_job("demo", selection=dg.AssetSelection.assets(*ASSETS), config=ONE_STEP_AT_A_TIME,
                         description="The whole pipeline on the embedded default data with the tiny presets."),
 ]
 
