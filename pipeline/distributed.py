@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -29,8 +30,27 @@ def under_torchrun() -> bool:
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def die_with_launcher() -> None:
+    """Linux: have the kernel SIGKILL this process when its parent (the torchrun agent) dies.
+
+    torchrun starts workers in their own sessions, so a SIGKILL of the agent (OOM killer, scheduler, a user's
+    kill -9) would otherwise leave orphan workers that keep training and overwrite the checkpoints a resumed
+    run is using (seen in the SIGKILL-resume test).
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+    if os.getppid() != parent:  # the launcher died before prctl took effect
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def setup(device: str = "auto", timeout_s: int = 1800) -> Dist:
     """Initialize the process group (always, even for one process, so 1 and N run the same code)."""
+    die_with_launcher()
     rank, local_rank, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda:

@@ -182,4 +182,12 @@ def make_loader(dataset: PretrainBatches, cfg: PretrainConfig, rank: int, world_
         prefetch_factor=4 if workers > 0 else None,
         # its own generator: starting the loader must not draw from the global RNG a resumed run restores
         generator=torch.Generator().manual_seed(cfg.seed),
+        worker_init_fn=_die_with_trainer,
     )
+
+
+def _die_with_trainer(worker_id: int) -> None:
+    """Loader workers go when their trainer goes (at once, instead of at PyTorch's next watchdog poll)."""
+    from pipeline.distributed import die_with_launcher
+
+    die_with_launcher()

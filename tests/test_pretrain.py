@@ -90,6 +90,19 @@ def _students_equal(a, b):
         torch.equal(a["teacher"][k], b["teacher"][k]) for k in a["teacher"])
 
 
+def _processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for proc in os.listdir("/proc"):
+        if proc.isdigit():
+            try:
+                with open(f"/proc/{proc}/cmdline", "rb") as f:
+                    if text.encode() in f.read():
+                        pids.append(int(proc))
+            except OSError:
+                pass
+    return pids
+
+
 def test_sigkill_then_resume_equals_uninterrupted(image_workdir):
     full, killed = image_workdir / "full", image_workdir / "killed"
     run(pretrain_cmd(full, "--max-updates", "10", "--workers", "1"), cwd=image_workdir)
@@ -98,8 +111,12 @@ def test_sigkill_then_resume_equals_uninterrupted(image_workdir):
     deadline = time.time() + 120
     while time.time() < deadline and not ((killed / "metrics.jsonl").exists() and len(losses(killed)) >= 5):
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and its worker, no chance to clean up
+    os.killpg(proc.pid, signal.SIGKILL)  # the torchrun agent, no chance to clean up; its workers must die with it
     proc.wait()
+    deadline = time.time() + 2  # the kernel kills them at once (PR_SET_PDEATHSIG); an orphan would still be training
+    while time.time() < deadline and _processes_mentioning(str(killed)):
+        time.sleep(0.1)
+    assert not _processes_mentioning(str(killed)), "a worker outlived its torchrun agent"
     assert 5 <= len(losses(killed)) < 10, "the run must be killed mid-way"
     assert torch.load(killed / "last.pt", weights_only=True)["update"] < 10
     run(pretrain_cmd(killed, "--max-updates", "10", "--workers", "1"), cwd=image_workdir)
