@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from model.config import Data2Vec2Config
-from model.data2vec2 import INPUT_KEYS, build_modality_encoders
-from model.masking import MaskInfo, make_mask, num_masked
+from model.data2vec2 import INPUT_KEYS, build_modality_encoders, draw_masks, encoder_features
+from model.masking import MaskInfo, num_masked
 from model.transformer import forward_blocks, make_blocks
 
 
@@ -127,26 +127,10 @@ class BaselineModel(nn.Module):
         return MaskInfo.from_mask(mask.to(source.device), num_masked(self.cfg.mask, num_tokens))
 
     def _draw_masks(self, batch_size: int, input_length: int) -> torch.Tensor:
-        # as Data2Vec2: ids count through the batches seen since the last optimizer step
-        ids = torch.arange(batch_size) + batch_size * self._batches_since_update
-        self._batches_since_update += 1
-        return make_mask(self.cfg, self.cfg.seed, self.num_updates, ids, input_length)
+        return draw_masks(self, batch_size, input_length)
 
     def extract_features(
         self, inputs: torch.Tensor, padding_mask: torch.Tensor | None = None, layer: int | None = None
     ) -> dict[str, torch.Tensor | None]:
-        """Unmasked encoder features for fine-tuning, as Data2Vec2.extract_features.
-
-        inputs: images (B, 3, H, W), audio (B, S) with optional padding_mask (B, S), or tokens (B, T).
-        layer: index of the main block whose output to return (negative counts from the end); None = last.
-        Returns x (B, T, D) per patch/frame/token (CLS removed), cls (B, D) or None, padding_mask (B, T) or None.
-        """
-        local, padding_mask = self.local_features(inputs, padding_mask)
-        x, padding_mask, attn_mask = self.context_encoder(local, None, padding_mask)
-        depth = len(self.blocks)
-        num_blocks = depth if layer is None else layer % depth + 1
-        x, _ = forward_blocks(self.blocks, x, attn_mask, layerdrop=self.layerdrop, num_blocks=num_blocks)
-        if self.norm is not None and num_blocks == depth:
-            x = self.norm(x)
-        extra = self.cfg.num_extra_tokens
-        return {"x": x[:, extra:], "cls": x[:, 0] if extra else None, "padding_mask": padding_mask}
+        """Unmasked encoder features for fine-tuning, exactly as Data2Vec2.extract_features."""
+        return encoder_features(self, inputs, padding_mask, layer)

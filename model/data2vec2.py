@@ -74,6 +74,35 @@ def token_std(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(var + 1e-6).mean()
 
 
+def draw_masks(model: nn.Module, batch_size: int, input_length: int) -> torch.Tensor:
+    """Masks for a batch that came without them (standalone use). ids count through the batches seen since the
+    last optimizer step, so accumulation micro-batches get different masks and a resumed run (same
+    num_updates) the same ones."""
+    ids = torch.arange(batch_size) + batch_size * model._batches_since_update
+    model._batches_since_update += 1
+    return make_mask(model.cfg, model.cfg.seed, model.num_updates, ids, input_length)
+
+
+def encoder_features(
+    model: nn.Module, inputs: torch.Tensor, padding_mask: torch.Tensor | None = None, layer: int | None = None
+) -> dict[str, torch.Tensor | None]:
+    """Unmasked encoder features of any method's model (same encoder parts): for fine-tuning.
+
+    inputs: images (B, 3, H, W), audio (B, S) with optional padding_mask (B, S), or tokens (B, T).
+    layer: index of the main block whose output to return (negative counts from the end); None = last.
+    Returns x (B, T, D) per patch/frame/token (CLS removed), cls (B, D) or None, padding_mask (B, T) or None.
+    """
+    local, padding_mask = model.local_features(inputs, padding_mask)
+    x, padding_mask, attn_mask = model.context_encoder(local, None, padding_mask)
+    depth = len(model.blocks)
+    num_blocks = depth if layer is None else layer % depth + 1
+    x, _ = forward_blocks(model.blocks, x, attn_mask, layerdrop=model.layerdrop, num_blocks=num_blocks)
+    if model.norm is not None and num_blocks == depth:
+        x = model.norm(x)
+    extra = model.cfg.num_extra_tokens
+    return {"x": x[:, extra:], "cls": x[:, 0] if extra else None, "padding_mask": padding_mask}
+
+
 class Data2Vec2(nn.Module):
     def __init__(self, cfg: Data2Vec2Config):
         super().__init__()
@@ -311,11 +340,7 @@ class Data2Vec2(nn.Module):
         return torch.where(mask.unsqueeze(-1), self.mask_embedding.to(local.dtype), local)
 
     def _draw_masks(self, batch_size: int, input_length: int) -> torch.Tensor:
-        # standalone use: ids count through the batches seen since the last EMA step, so that gradient
-        # accumulation micro-batches get different masks and a resumed run (same num_updates) the same ones
-        ids = torch.arange(batch_size) + batch_size * self._batches_since_update
-        self._batches_since_update += 1
-        return make_mask(self.cfg, self.cfg.seed, self.num_updates, ids, input_length)
+        return draw_masks(self, batch_size, input_length)
 
     # ------------------------------------------------------------------------------------------------
     # downstream use
@@ -323,21 +348,8 @@ class Data2Vec2(nn.Module):
     def extract_features(
         self, inputs: torch.Tensor, padding_mask: torch.Tensor | None = None, layer: int | None = None
     ) -> dict[str, torch.Tensor | None]:
-        """Unmasked student features for fine-tuning.
-
-        inputs: images (B, 3, H, W), audio (B, S) with optional padding_mask (B, S), or tokens (B, T).
-        layer: index of the main block whose output to return (negative counts from the end); None = last.
-        Returns x (B, T, D) per patch/frame/token (CLS removed), cls (B, D) or None, padding_mask (B, T) or None.
-        """
-        local, padding_mask = self.local_features(inputs, padding_mask)
-        x, padding_mask, attn_mask = self.context_encoder(local, None, padding_mask)
-        depth = len(self.blocks)
-        num_blocks = depth if layer is None else layer % depth + 1
-        x, _ = forward_blocks(self.blocks, x, attn_mask, layerdrop=self.layerdrop, num_blocks=num_blocks)
-        if self.norm is not None and num_blocks == depth:
-            x = self.norm(x)
-        extra = self.cfg.num_extra_tokens
-        return {"x": x[:, extra:], "cls": x[:, 0] if extra else None, "padding_mask": padding_mask}
+        """Unmasked student features for fine-tuning (see `encoder_features`)."""
+        return encoder_features(self, inputs, padding_mask, layer)
 
     def remove_pretraining_modules(self) -> None:
         """Drop the teacher and the decoder (fine-tuning keeps the encoder only)."""
