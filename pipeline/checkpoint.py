@@ -66,3 +66,17 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the file is unusable
         raise UserInputError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {e}); delete it or pass another") from None
+
+
+def files_digest(files: list[Path | None]) -> str:
+    """sha256 over the bytes of the files a run depends on (shard index, tokenizer, pretrained weights), so a
+    rebuilt input at the same path makes a different run."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in files:
+        if path is not None and path.exists():
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()[:16]

@@ -197,7 +197,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                     "pretrain_seconds": origin["train_seconds"], "modality": modality, "task": task.name, "mode": cfg.mode,
                     "label_fraction": cfg.label_fraction, "shards": str(task.shard_dir),
                     "config": hashlib.sha256(settings.encode()).hexdigest()[:16],
-                    "inputs": inputs_digest([Path(origin["path"]) if origin["path"] != "none" else None,
+                    "inputs": checkpoint.files_digest([Path(origin["path"]) if origin["path"] != "none" else None,
                                              task.shard_dir / "index.json", tokenizer_path])}
         state: dict[str, Any] = {"update": 0, "train_seconds": 0.0, "best_value": None, "best_update": 0}
         last = out / "last.pt"
@@ -370,15 +370,3 @@ def _updates(loader, grad_accum: int):
             update = int(mb["update"])
             yield update, [{k: v for k, v in b.items() if k not in ("update", "ids")} for b in group]
             group = []
-
-
-def inputs_digest(files: list[Path | None]) -> str:
-    """sha256 over the bytes of the files a fine-tuning run depends on (pretrained weights, shard index,
-    tokenizer): a rebuilt tokenizer or re-pretrained encoder at the same path is a different run."""
-    digest = hashlib.sha256()
-    for path in files:
-        if path is not None and path.exists():
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-    return digest.hexdigest()[:16]

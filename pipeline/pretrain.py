@@ -156,12 +156,17 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         torch.manual_seed(cfg.seed + 1000 * (d.rank + 1))
 
         state = {"update": 0, "train_seconds": 0.0, "best_loss": math.inf, "saved_fractions": []}
+        identity = run_identity(cfg, model_cfg, shard_dir, tokenizer_path if cfg.modality == "text" else None)
         last = out / "last.pt"
-        if args.fresh and d.is_main:
+        ckpt = checkpoint.load(last, d.device) if last.exists() and not args.fresh else None
+        if ckpt is not None and ckpt.get("identity") != identity:
+            if d.is_main:
+                print(f"{last} is from another run (hyper-parameters, model or data differ): starting fresh", file=sys.stderr)
+            ckpt = None
+        if d.is_main and (args.fresh or (last.exists() and ckpt is None)):
             clear_outputs(out)
         torch.distributed.barrier()
-        if last.exists() and not args.fresh:
-            ckpt = checkpoint.load(last, d.device)
+        if ckpt is not None:
             model.load_state_dict(ckpt["student"])
             if model.teacher is not None:
                 model.teacher.load_state_dict(ckpt["teacher"])
@@ -204,7 +209,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 checkpoint.save(out / name, {
                     "student": model.state_dict(), "teacher": model.teacher.state_dict() if model.teacher is not None else {},
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(), "rng": rngs, "world_size": world,
+                    "scaler": scaler.state_dict(), "rng": rngs, "world_size": world, "identity": identity,
                     "config": json.loads(json.dumps(resolved, default=str)), **state,
                 })
 
@@ -286,6 +291,22 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         return summary
     finally:
         distributed.teardown()
+
+
+# Settings a run may change and still resume (train longer, checkpoint or log more often).
+RESUMABLE_CHANGES = ("max_updates", "budget_seconds", "checkpoint_every", "checkpoint_fractions", "log_every", "guard_after_updates")
+
+
+def run_identity(cfg, model_cfg, shard_dir: Path, tokenizer_path: Path | None) -> dict[str, str]:
+    """What a pretraining run is a function of: last.pt resumes only a run with the same identity."""
+    import hashlib
+
+    from pipeline import checkpoint
+
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUMABLE_CHANGES}
+    text = json.dumps({"pretrain": settings, "model": model_cfg.to_dict()}, sort_keys=True, default=str)
+    return {"config": hashlib.sha256(text.encode()).hexdigest()[:16],
+            "data": checkpoint.files_digest([shard_dir / "index.json", tokenizer_path])}
 
 
 def clear_outputs(out: Path) -> None:

@@ -178,3 +178,19 @@ def test_bf16_autocast_runs_on_cpu(image_workdir):
     config = json.loads((image_workdir / "bf16" / "config.json").read_text())
     assert config["precision"] == "torch.bfloat16"
     assert all(l == l and l > 0 for l in losses(image_workdir / "bf16"))  # finite, positive
+
+
+def test_resume_only_the_same_run(image_workdir):
+    """Training longer resumes; other hyper-parameters (as after a params.yaml change under `dvc repro`) start fresh."""
+    out = image_workdir / "identity"
+    run(pretrain_cmd(out, "--max-updates", "3"), cwd=image_workdir)
+    longer = run(pretrain_cmd(out, "--max-updates", "5"), cwd=image_workdir)
+    assert "from another run" not in longer.stderr and len(losses(out)) == 5
+    assert torch.load(out / "last.pt", weights_only=True)["update"] == 5
+    params = yaml.safe_load((image_workdir / "params.yaml").read_text())
+    params["pretrain"]["image"]["lr"] = 0.002
+    write_params(image_workdir / "lr.yaml", params)
+    changed = run(pretrain_cmd(out, "--max-updates", "5", "--params", "lr.yaml"), cwd=image_workdir)
+    assert "from another run" in changed.stderr
+    assert [json.loads(line)["update"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4, 5]
+    assert json.loads((out / "config.json").read_text())["pretrain"]["lr"] == 0.002
