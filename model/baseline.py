@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from model.config import Data2Vec2Config
-from model.data2vec2 import INPUT_KEYS, build_modality_encoders, draw_masks, encoder_features
+from model.data2vec2 import INPUT_KEYS, build_modality_encoders, draw_masks, encoder_features, local_features
 from model.masking import MaskInfo, num_masked
 from model.transformer import forward_blocks, make_blocks
 
@@ -102,11 +102,7 @@ class BaselineModel(nn.Module):
         self, source: torch.Tensor, padding_mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Raw input -> local features (B, T, D) and padding mask (B, T) (True = pad) or None."""
-        if self.cfg.modality == "speech":
-            return self.local_encoder(source, padding_mask)
-        if padding_mask is not None:
-            raise ValueError(f"{self.cfg.modality} takes no padding_mask (text derives it from pad tokens)")
-        return self.local_encoder(source)
+        return local_features(self, source, padding_mask)
 
     def encode(
         self, local: torch.Tensor, keep: MaskInfo | None, padding_mask: torch.Tensor | None

@@ -83,6 +83,17 @@ def draw_masks(model: nn.Module, batch_size: int, input_length: int) -> torch.Te
     return make_mask(model.cfg, model.cfg.seed, model.num_updates, ids, input_length)
 
 
+def local_features(
+    model: nn.Module, source: torch.Tensor, padding_mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The modality's local encoder, for any method's model: raw input -> (B, T, D) and frame padding or None."""
+    if model.cfg.modality == "speech":
+        return model.local_encoder(source, padding_mask)
+    if padding_mask is not None:
+        raise ValueError(f"{model.cfg.modality} takes no padding_mask (text derives it from pad tokens)")
+    return model.local_encoder(source)
+
+
 def encoder_features(
     model: nn.Module, inputs: torch.Tensor, padding_mask: torch.Tensor | None = None, layer: int | None = None
 ) -> dict[str, torch.Tensor | None]:
@@ -171,11 +182,7 @@ class Data2Vec2(nn.Module):
         self, source: torch.Tensor, padding_mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Raw input -> local features (B, T, D) and padding mask (B, T) (True = pad) or None."""
-        if self.cfg.modality == "speech":
-            return self.local_encoder(source, padding_mask)
-        if padding_mask is not None:
-            raise ValueError(f"{self.cfg.modality} takes no padding_mask (text derives it from pad tokens)")
-        return self.local_encoder(source)
+        return local_features(self, source, padding_mask)
 
     def forward_student(
         self, local: torch.Tensor, keep: MaskInfo | None, padding_mask: torch.Tensor | None
