@@ -20,22 +20,9 @@ import torch
 from torch import nn
 
 from model.config import Data2Vec2Config
-from model.data2vec2 import INPUT_KEYS, build_modality_encoders, draw_masks, encoder_features, local_features
+from model.data2vec2 import INPUT_KEYS, bert_init, build_modality_encoders, draw_masks, encoder_features, local_features
 from model.masking import MaskInfo, num_masked
 from model.transformer import forward_blocks, make_blocks
-
-
-def bert_init(module: nn.Module) -> None:
-    """fairseq init_bert_params on Linear and Embedding: N(0, 0.02), zero bias, zero padding row."""
-    for m in module.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Embedding):
-            nn.init.normal_(m.weight, std=0.02)
-            if m.padding_idx is not None:
-                nn.init.zeros_(m.weight[m.padding_idx])
 
 
 def masked_positions(selected: torch.Tensor, count: int) -> torch.Tensor:

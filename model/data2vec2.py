@@ -83,6 +83,19 @@ def draw_masks(model: nn.Module, batch_size: int, input_length: int) -> torch.Te
     return make_mask(model.cfg, model.cfg.seed, model.num_updates, ids, input_length)
 
 
+def bert_init(module: nn.Module) -> None:
+    """fairseq init_bert_params on Linear and Embedding: N(0, 0.02), zero bias, zero padding row."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.padding_idx is not None:
+                nn.init.zeros_(m.weight[m.padding_idx])
+
+
 def local_features(
     model: nn.Module, source: torch.Tensor, padding_mask: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -143,15 +156,7 @@ class Data2Vec2(nn.Module):
         # BERT init (fairseq init_bert_params) for Linear and Embedding; the patch-embed conv keeps its
         # xavier init, the audio CNN its kaiming init, the other convs PyTorch defaults; then the decoder and
         # audio projection Linear layers go back to PyTorch defaults, as in fairseq.
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Embedding):
-                nn.init.normal_(m.weight, std=0.02)
-                if m.padding_idx is not None:
-                    nn.init.zeros_(m.weight[m.padding_idx])
+        bert_init(self)
         for m in self.decoder.modules():
             if isinstance(m, nn.Linear):
                 m.reset_parameters()
