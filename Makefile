@@ -54,7 +54,7 @@ dvc-env: .setup-dvc.stamp
 
 demo: setup
 	$(VENV)/bin/dagster job execute -m assets -j demo
-	@echo "outputs: data/raw, data/shards, data/tokenizers (see data/shards/*/index.json)"
+	@echo "report: reports/benchmark.md and reports/benchmark.html (models under models/, data under data/)"
 
 test: setup
 	PATH=$(CURDIR)/$(VENV)/bin:$(CURDIR)/$(DVC_VENV)/bin:$$PATH $(PY) -m pytest -q

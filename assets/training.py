@@ -16,8 +16,14 @@ class PretrainRunConfig(dg.Config):
     params_path: str = "params.yaml"
 
 
+def operational(config: PretrainRunConfig) -> list[str]:
+    """The CLI flags of the run config (shared by the training and fine-tuning assets)."""
+    command = ["--nproc", str(config.nproc), "--device", config.device, "--params", config.params_path, "--no-progress"]
+    return command + (["--workers", str(config.workers)] if config.workers is not None else [])
+
+
 def build_pretrain_asset(modality: str, method: str, upstream: list) -> dg.AssetsDefinition:
-    stage = f"pretrain@{modality}-{method}" if modality != "text" else f"pretrain_text@{method}"
+    stage = f"pretrain_{modality}@{method}"
     out = f"models/{modality}/{method}/pretrain"
 
     @dg.asset(key=[modality, method, "pretrained"], group_name=modality, deps=upstream, kinds={"pytorch"},
@@ -25,10 +31,7 @@ def build_pretrain_asset(modality: str, method: str, upstream: list) -> dg.Asset
               metadata={"dvc_stage": stage, "path": out})
     def pretrained(context: dg.AssetExecutionContext, config: PretrainRunConfig,
                    pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
-        command = [sys.executable, "-m", "pipeline", "pretrain", "--modality", modality, "--method", method,
-                   "--nproc", str(config.nproc), "--device", config.device, "--params", config.params_path, "--no-progress"]
-        if config.workers is not None:
-            command += ["--workers", str(config.workers)]
+        command = [sys.executable, "-m", "pipeline", "pretrain", "--modality", modality, "--method", method, *operational(config)]
         if config.fresh:
             command.append("--fresh")
         context.log.info(" ".join(command))

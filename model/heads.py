@@ -51,6 +51,8 @@ class ImageClassifier(nn.Module):
         self.encoder = encoder
         self.linear_probe = linear_probe
         self.label_smoothing = label_smoothing
+        if getattr(encoder, "mask_embedding", None) is not None:
+            encoder.mask_embedding = None  # data2vec 1.0's learned mask vector: nothing is masked here (DDP needs every parameter used)
         dim = encoder.cfg.embed_dim
         if linear_probe:
             encoder.requires_grad_(False)
@@ -162,8 +164,9 @@ class SpeechCTC(nn.Module):
                  time_mask: torch.Tensor | None = None, channel_mask: torch.Tensor | None = None):
         """audio (B, S), padding_mask (B, S) -> frames (B, T, D) and frame padding (B, T) or None.
 
-        With masks (training): masked frames of the local features become N(0, mask_noise_std^2) noise and masked
-        channels zero, before the context encoder, so the positional conv sees the masked sequence; otherwise
+        With masks (training): masked frames of the local features become the encoder's learned mask vector where
+        it has one (data2vec 1.0, wav2vec 2.0: fairseq fine-tunes with its mask_emb), else N(0, mask_noise_std^2)
+        noise (data2vec 2.0 has none); masked channels become zero, before the context encoder, so the positional conv sees the masked sequence; otherwise
         this is the encoder's `extract_features`.
         """
         enc = self.encoder
@@ -172,8 +175,9 @@ class SpeechCTC(nn.Module):
             return out["x"], out["padding_mask"]
         x, frame_padding = enc.local_features(audio, padding_mask)  # (B, T, D)
         if time_mask is not None:
-            noise = torch.randn_like(x) * self.mask_noise_std
-            x = torch.where(time_mask[:, : x.shape[1], None], noise, x)
+            mask_vector = getattr(enc, "mask_embedding", None)
+            fill = torch.randn_like(x) * self.mask_noise_std if mask_vector is None else mask_vector.to(x.dtype)
+            x = torch.where(time_mask[:, : x.shape[1], None], fill, x)
         if channel_mask is not None:
             x = x.masked_fill(channel_mask[:, None, :], 0.0)
         x, frame_padding, attn_mask = enc.context_encoder(x, None, frame_padding)

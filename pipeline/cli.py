@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Collect every sweep's curve.json into reports/metrics.json (stamped with the git commit "
                           "and the dvc.lock hash behind each number) and write the benchmark report with plots, speed-ups, "
                           "throughput/MFU (reports/throughput/*.json) and the comparison with the paper.")
-    p.add_argument("--curves", nargs="*", help="curve.json files (default: models/*/*/sweep/*/curve.json)")
+    p.add_argument("--curves", nargs="*", help="curve.json files (default: the benchmark's sweeps, "
+                   "models/<modality>/<method>/sweep/<demo task>/curve.json of every method and scratch)")
     p.add_argument("--out", default="reports", help="report folder (default: %(default)s)")
 
     p = stages.add_parser("summary", help="print a model summary (parameters, tokens, FLOPs per step)",

@@ -52,8 +52,10 @@ def _gather(values: list, world_size: int) -> list:
 def predict(model, dataset, device, dtype, batch_size: int, workers: int, rank: int = 0, world_size: int = 1) -> dict[str, Any]:
     """Run the model over `dataset` (every rank its share), gather, order by sample.
 
-    Classification: {"ids", "targets", "scores" (N, C)}; speech: {"ids", "references", "hypotheses"}."""
+    Classification: {"ids", "targets", "scores" (N, C)}; speech: {"ids", "references", "hypotheses", "ctc_losses"}
+    (each utterance's CTC negative log-likelihood of its transcript, in nats)."""
     import torch
+    import torch.nn.functional as F
 
     from model.heads import greedy_decode
     from pipeline.finetune_data import eval_loader
@@ -68,8 +70,11 @@ def predict(model, dataset, device, dtype, batch_size: int, workers: int, rank: 
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             if modality == "speech":
                 log_probs, lengths = model.log_probs(batch)
-                for i, letters in zip(ids, greedy_decode(log_probs, lengths, blank=model.blank)):
-                    rows.append((i, reference_text(dataset.tokenizer, dataset.transcript(i)), letters_to_text(dataset.tokenizer, letters)))
+                losses = F.ctc_loss(log_probs.transpose(0, 1), batch["targets"], lengths, batch["target_lengths"],
+                                    blank=model.blank, reduction="none", zero_infinity=True).tolist()
+                for i, letters, loss in zip(ids, greedy_decode(log_probs, lengths, blank=model.blank), losses):
+                    rows.append((i, reference_text(dataset.tokenizer, dataset.transcript(i)),
+                                 letters_to_text(dataset.tokenizer, letters), loss))
             else:
                 scores = model.logits(batch["image" if modality == "image" else "tokens"]).float().cpu().numpy()
                 rows += [(i, int(t), s) for i, t, s in zip(ids, batch["target"].tolist(), scores)]
@@ -77,7 +82,8 @@ def predict(model, dataset, device, dtype, batch_size: int, workers: int, rank: 
     rows = sorted(_gather(rows, world_size), key=lambda r: r[0])
     ids = [r[0] for r in rows]
     if modality == "speech":
-        return {"ids": ids, "references": [r[1] for r in rows], "hypotheses": [r[2] for r in rows]}
+        return {"ids": ids, "references": [r[1] for r in rows], "hypotheses": [r[2] for r in rows],
+                "ctc_losses": [r[3] for r in rows]}
     return {"ids": ids, "targets": [r[1] for r in rows], "scores": np.stack([r[2] for r in rows])}
 
 
@@ -102,6 +108,8 @@ def score(modality: str, outputs: dict[str, Any]) -> tuple[dict[str, float], Any
 
     if modality == "speech":
         metrics = error_rates(outputs["references"], outputs["hypotheses"])
+        if outputs.get("ctc_losses"):  # mean NLL per utterance: moves long before greedy decoding emits letters
+            metrics["ctc_loss"] = float(np.mean(outputs["ctc_losses"]))
         samples = [{"id": i, "reference": r, "hypothesis": h}
                    for i, r, h in zip(outputs["ids"], outputs["references"], outputs["hypotheses"])]
         return metrics, samples

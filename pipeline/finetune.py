@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UserInputError
-from pipeline.train_log import TrainLog
+from pipeline.train_log import TrainLog, md_image
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -95,6 +95,29 @@ def lr_lambda(cfg):
     return lambda u: lr_factor(u, cfg.warmup_updates, cfg.max_updates, cfg.min_lr / cfg.lr if cfg.lr else 0.0)
 
 
+def dagster_metadata(out: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """Dagster metadata (Pipes raw form) of a finished fine-tuning run in `out`: the test metric, the
+    confusion matrix or sample transcriptions, and the loss curve. Also used by the sweep for its last run."""
+    result = summary["result"]
+    metadata: dict[str, Any] = {"metric": result["metric"], "value": result["value"], "split": result["split"],
+                                "finetune_updates": result["finetune_updates"], "finetune_seconds": result["finetune_seconds"],
+                                "labeled_samples": summary["labeled_samples"], "stop_reason": summary["stop_reason"]}
+    metadata[result["metric"]] = result["value"]
+    metadata["metrics"] = {"raw_value": {k: v for k, v in result["metrics"].items() if k != "confusion_matrix"}, "type": "json"}
+    metadata["path"] = {"raw_value": str(out), "type": "path"}
+    if (out / "confusion_matrix.png").exists():
+        metadata["confusion_matrix"] = md_image(out / "confusion_matrix.png", "confusion matrix")
+    samples = out / "samples.json"
+    if samples.exists():
+        rows = json.loads(samples.read_text())[:10]
+        table = "| reference | hypothesis |\n|---|---|\n" + "".join(
+            f"| {r['reference']} | {r['hypothesis'] or '(empty)'} |\n" for r in rows)
+        metadata["samples"] = {"raw_value": table, "type": "md"}
+    if (out / "loss_curve.png").exists():
+        metadata["loss_curve"] = md_image(out / "loss_curve.png", "loss")
+    return metadata
+
+
 class FinetuneLog(TrainLog):
     """TrainLog (progress, metrics.jsonl, TensorBoard under finetune/, loss curve, Pipes logs) whose Dagster
     report is the downstream result: the metric, the confusion matrix or sample transcriptions."""
@@ -103,29 +126,7 @@ class FinetuneLog(TrainLog):
         super().__init__(*args, tb_prefix="finetune", **kwargs)
 
     def report_to_dagster(self, summary: dict[str, Any]) -> None:
-        import base64
-
-        result = summary["result"]
-        metadata: dict[str, Any] = {"metric": result["metric"], "value": result["value"], "split": result["split"],
-                                    "finetune_updates": result["finetune_updates"], "finetune_seconds": result["finetune_seconds"],
-                                    "labeled_samples": summary["labeled_samples"], "stop_reason": summary["stop_reason"]}
-        metadata[result["metric"]] = result["value"]
-        metadata["metrics"] = {"raw_value": {k: v for k, v in result["metrics"].items() if k != "confusion_matrix"}, "type": "json"}
-        metadata["path"] = {"raw_value": str(self.out), "type": "path"}
-        png = self.out / "confusion_matrix.png"
-        if png.exists():
-            b64 = base64.b64encode(png.read_bytes()).decode()
-            metadata["confusion_matrix"] = {"raw_value": f"![confusion matrix](data:image/png;base64,{b64})", "type": "md"}
-        samples = self.out / "samples.json"
-        if samples.exists():
-            rows = json.loads(samples.read_text())[:10]
-            table = "| reference | hypothesis |\n|---|---|\n" + "".join(
-                f"| {r['reference']} | {r['hypothesis'] or '(empty)'} |\n" for r in rows)
-            metadata["samples"] = {"raw_value": table, "type": "md"}
-        curve = self.out / "loss_curve.png"
-        if curve.exists():
-            b64 = base64.b64encode(curve.read_bytes()).decode()
-            metadata["loss_curve"] = {"raw_value": f"![loss](data:image/png;base64,{b64})", "type": "md"}
+        metadata = dagster_metadata(self.out, summary)
         self.pipes.report_asset_materialization(metadata=metadata)
         with contextlib.suppress(Exception):
             self._pipes_cm.__exit__(None, None, None)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -72,16 +71,15 @@ def resolve(modality: str, task: str, shard_dir: Path | None = None) -> Task:
 
 def read_labels(shard_dir: Path, split: str) -> list[int]:
     """The `.cls` of every sample of `split`, in index order (headers and the small label members only)."""
-    index = json.loads((shard_dir / "index.json").read_text(encoding="utf-8"))
+    from pipeline.shard_reader import IndexedShards
+
+    samples = IndexedShards(shard_dir, split)
     labels: list[int] = []
-    for shard in index["splits"][split]["shards"]:
-        with tarfile.open(shard_dir / shard["name"]) as tar:
-            for member in tar:
-                if member.name.endswith(".cls"):
-                    labels.append(int(tar.extractfile(member).read()))  # type: ignore[union-attr]
-    total = index["splits"][split]["num_samples"]
-    if len(labels) != total:
-        raise UserInputError(f"{shard_dir}: split {split!r} has {total} samples but {len(labels)} labels (.cls)")
+    for i in range(len(samples)):
+        label = samples.member(i, "cls")
+        if label is None:
+            raise UserInputError(f"{shard_dir}: sample {i} of split {split!r} has no label (.cls); re-shard labeled data")
+        labels.append(int(label))
     return labels
 
 

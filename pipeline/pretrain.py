@@ -180,6 +180,16 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"resuming on {d.world_size} processes from a {ckpt['world_size']}-process checkpoint: "
                       "data order and masks continue exactly, dropout RNG streams restart", file=sys.stderr)
 
+        # budget-<f>.pt belong to one budget: after a budget change (train longer) they are saved again at the new
+        # budget's fractions, and the earlier budget's files are removed so a sweep never mixes two budgets
+        budget = f"{cfg.budget_seconds}s" if cfg.budget_seconds else f"{cfg.max_updates}u"
+        state["saved_fractions"] = [m for m in state["saved_fractions"] if isinstance(m, list) and m[1] == budget]
+        if d.is_main:
+            kept = {f"budget-{fraction:g}.pt" for fraction, _ in state["saved_fractions"]}
+            for stale in out.glob("budget-*.pt"):
+                if stale.name not in kept:
+                    stale.unlink()
+
         world, micro = d.world_size, cfg.micro_batch(d.world_size)
         effective = {"per_rank_micro_batch": micro, "world_size": world, "grad_accum": cfg.grad_accum,
                      "clone_batch": model_cfg.mask.clone_batch, "samples_per_update": cfg.batch_size,
@@ -272,8 +282,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             for fraction in cfg.checkpoint_fractions:
                 reached = (elapsed >= fraction * cfg.budget_seconds) if cfg.budget_seconds else (done_updates >= fraction * cfg.max_updates)
                 reached = distributed.broadcast_flag(reached, d.device) if cfg.budget_seconds else reached
-                if reached and fraction not in state["saved_fractions"]:
-                    state["saved_fractions"].append(fraction)
+                if reached and [fraction, budget] not in state["saved_fractions"]:
+                    state["saved_fractions"].append([fraction, budget])
                     save(f"budget-{fraction:g}.pt")
             if done_updates % cfg.checkpoint_every == 0 or done_updates == cfg.max_updates or over_time:
                 is_best = mean_loss < state["best_loss"]  # best: lowest logged loss, judged when last.pt is written

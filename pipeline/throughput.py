@@ -23,18 +23,20 @@ DEFAULT_OUT = Path("reports") / "throughput.json"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--modality", required=True, choices=("image", "speech", "text"))
-    p.add_argument("--method", default="data2vec2")
+    p.add_argument("--method", nargs="+", default=["data2vec2"], help="one or more pretraining methods (default: data2vec2)")
     p.add_argument("--preset", help="tiny, base or large (default: params.yaml pretrain.<modality>.preset)")
     p.add_argument("--batch-size", type=int, help="samples per step (default: params.yaml pretrain.<modality>.batch_size)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), help="default: params.yaml (auto)")
-    p.add_argument("--steps", type=int, default=10, help="timed training steps (after --warmup)")
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--steps", type=int, default=5, help="timed training steps (after --warmup; default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--loader-batches", type=int, default=20)
     p.add_argument("--workers", type=int, default=1, help="DataLoader workers for the loader measurement")
     p.add_argument("--shards", type=Path)
     p.add_argument("--tokenizer", type=Path)
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results file; each run appends one record")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                   help="results file (default: %(default)s); a record replaces the one of the same method, preset, batch, "
+                   "device and precision, others are kept")
     p.add_argument("--params", type=Path, default=Path("params.yaml"))
 
 
@@ -154,12 +156,16 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+SAME_SETUP = ("modality", "method", "preset", "batch_size", "device", "precision")
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from pipeline.shard_writer import atomic_write_json
 
-    record = measure(args)
+    measured = [measure(argparse.Namespace(**{**vars(args), "method": method})) for method in args.method]
     records = json.loads(args.out.read_text()) if args.out.exists() else []
-    records.append(record)
+    keys = {tuple(r[k] for k in SAME_SETUP) for r in measured}
+    records = [r for r in records if tuple(r.get(k) for k in SAME_SETUP) not in keys] + measured
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out, records)
-    return record
+    return measured[0] if len(measured) == 1 else {"out": str(args.out), "records": measured}

@@ -100,17 +100,20 @@ class TrainLog:
         return summary
 
     def report_to_dagster(self, summary: dict[str, Any]) -> None:
-        import base64
-
         metadata: dict[str, Any] = {k: summary[k] for k in ("final_loss", "samples_per_s", "tokens_per_s", "updates", "train_seconds")
                                     if summary.get(k) is not None}
         metadata["stop_reason"] = summary["stop_reason"]
         metadata["effective_batch"] = {"raw_value": summary["effective_batch"], "type": "json"}
         metadata["path"] = {"raw_value": str(self.out), "type": "path"}
-        png = self.out / "loss_curve.png"
-        if png.exists():
-            b64 = base64.b64encode(png.read_bytes()).decode()
-            metadata["loss_curve"] = {"raw_value": f"![loss](data:image/png;base64,{b64})", "type": "md"}
+        if (self.out / "loss_curve.png").exists():
+            metadata["loss_curve"] = md_image(self.out / "loss_curve.png", "loss")
         self.pipes.report_asset_materialization(metadata=metadata)
         with contextlib.suppress(Exception):
             self._pipes_cm.__exit__(None, None, None)
+
+
+def md_image(path: Path, alt: str) -> dict[str, str]:
+    """A PNG as Dagster Pipes markdown metadata (embedded; keep it small, metadata lives in the event log)."""
+    import base64
+
+    return {"raw_value": f"![{alt}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})", "type": "md"}

@@ -31,8 +31,10 @@ TINY_PARAMS = {
         "shard": {"max_samples_per_shard": 150},
         "tokenizer": {"vocab_size": 400, "min_frequency": 2},
     },
+    # update budgets (not wall-clock) so tests are deterministic; budget checkpoints after 2 and 3 updates
     "pretrain": {
-        m: {"preset": "tiny", "batch_size": 4, "max_updates": 3, "warmup_updates": 1, "checkpoint_every": 2, "log_every": 1}
+        m: {"preset": "tiny", "batch_size": 4, "max_updates": 3, "warmup_updates": 1, "checkpoint_every": 2, "log_every": 1,
+            "checkpoint_fractions": [0.5, 1.0]}
         for m in ("image", "speech", "text")
     },
     # a few updates of a few samples; validation and a checkpoint half-way, so best.pt and resume paths run

@@ -155,14 +155,18 @@ def test_uneven_shards_on_two_ranks_finish(image_workdir):
     assert len(losses(image_workdir / "uneven")) == 7
 
 
-def test_throughput_command_appends_a_record(image_workdir):
+def test_throughput_command_keeps_one_record_per_setup(image_workdir):
     out = image_workdir / "throughput.json"
-    for _ in range(2):
-        run([sys.executable, "-m", "pipeline", "throughput", "--modality", "image", "--steps", "2", "--warmup", "1",
-             "--loader-batches", "3", "--workers", "0", "--out", str(out)], cwd=image_workdir)
+    command = [sys.executable, "-m", "pipeline", "throughput", "--modality", "image", "--steps", "2", "--warmup", "1",
+               "--loader-batches", "3", "--workers", "0", "--out", str(out)]
+    run(command + ["--method", "data2vec2", "mae"], cwd=image_workdir)
+    first = json.loads(out.read_text())
+    assert [r["method"] for r in first] == ["data2vec2", "mae"]
+    run(command, cwd=image_workdir)  # the same setup again replaces its record, the other method's stays
     records = json.loads(out.read_text())
-    assert len(records) == 2
-    r = records[0]
+    assert [r["method"] for r in records] == ["mae", "data2vec2"] and records[0] == first[1]
+    assert records[1]["measured_at"] >= first[0]["measured_at"]
+    r = records[1]
     assert r["batch_size"] == 8 and r["tokens_per_sample"] == 49 and r["precision"] == "float32"
     # consistency of the derived figures (not their size: speed is never asserted)
     assert r["train_samples_per_s"] == pytest.approx(8 / r["step_seconds"])
@@ -183,10 +187,18 @@ def test_bf16_autocast_runs_on_cpu(image_workdir):
 def test_resume_only_the_same_run(image_workdir):
     """Training longer resumes; other hyper-parameters (as after a params.yaml change under `dvc repro`) start fresh."""
     out = image_workdir / "identity"
+
+    def budget_checkpoints():
+        return {p.name: torch.load(p, weights_only=True)["update"] for p in sorted(out.glob("budget-*.pt"))}
+
     run(pretrain_cmd(out, "--max-updates", "3"), cwd=image_workdir)
+    assert budget_checkpoints() == {"budget-0.25.pt": 1, "budget-0.5.pt": 2, "budget-0.75.pt": 3, "budget-1.pt": 3}
     longer = run(pretrain_cmd(out, "--max-updates", "5"), cwd=image_workdir)
     assert "from another run" not in longer.stderr and len(losses(out)) == 5
     assert torch.load(out / "last.pt", weights_only=True)["update"] == 5
+    # the budget checkpoints follow the new budget: fractions already passed are saved at the first update of the
+    # resumed run, the rest when reached; none is left from the 3-update budget
+    assert budget_checkpoints() == {"budget-0.25.pt": 4, "budget-0.5.pt": 4, "budget-0.75.pt": 4, "budget-1.pt": 5}
     params = yaml.safe_load((image_workdir / "params.yaml").read_text())
     params["pretrain"]["image"]["lr"] = 0.002
     write_params(image_workdir / "lr.yaml", params)

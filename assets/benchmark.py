@@ -1,0 +1,77 @@
+"""Benchmark assets: `<modality>/throughput` (loader and training-step speed, FLOPs, MFU of every method of the
+modality; reports/throughput/<modality>.json) and `benchmark_report` (reports/benchmark.md + .html, plots,
+metrics.json, headline.json) from every fine-tuning sweep. Both run the same functions as their DVC stages
+(`throughput_<modality>`, `benchmark_report`), in the step's process."""
+import re
+from pathlib import Path
+
+import dagster as dg
+
+from assets.metadata import png_markdown, table
+
+
+class ThroughputConfig(dg.Config):
+    """Operational knobs of the measurement; batch size and preset come from params.yaml `pretrain.<modality>`."""
+
+    device: str = "auto"
+    steps: int = 5
+    workers: int = 1
+    params_path: str = "params.yaml"
+
+
+def _cli_args(*argv: str):
+    from pipeline.cli import build_parser
+
+    return build_parser().parse_args(list(argv))
+
+
+def build_throughput_asset(modality: str, upstream: list) -> dg.AssetsDefinition:
+    from pipeline import paths
+
+    methods = paths.PRETRAIN_METHODS[modality]
+    out = paths.throughput_path(modality)
+
+    @dg.asset(key=[modality, "throughput"], group_name=modality, deps=upstream, kinds={"pytorch"},
+              description=f"Samples/s, tokens/s, FLOPs and MFU of one training step of {', '.join(methods)}, and the "
+              f"loader's samples/s ({out}; DVC stage throughput_{modality}).",
+              metadata={"dvc_stage": f"throughput_{modality}", "path": str(out)})
+    def throughput(context: dg.AssetExecutionContext, config: ThroughputConfig) -> dg.MaterializeResult:
+        from pipeline.throughput import run
+
+        args = _cli_args("throughput", "--modality", modality, "--method", *methods, "--device", config.device,
+                         "--steps", str(config.steps), "--workers", str(config.workers), "--out", str(out),
+                         "--params", config.params_path)
+        result = run(args)
+        records = result["records"] if "records" in result else [result]
+        rows = [{"method": r["method"], "device": r["device"], "samples/s": f"{r['train_samples_per_s']:.1f}",
+                 "tokens/s": f"{r['train_tokens_per_s']:.0f}", "MFU": f"{100 * r['mfu']:.2f}%",
+                 "loader samples/s": f"{r['loader_samples_per_s']:.1f}"} for r in records]
+        context.log.info(f"{modality} throughput: {rows}")
+        return dg.MaterializeResult(metadata={"throughput": table(rows), "path": dg.MetadataValue.path(str(out))})
+
+    return throughput
+
+
+def build_report_asset(upstream: list) -> dg.AssetsDefinition:
+    @dg.asset(key=["benchmark_report"], group_name="benchmark", deps=upstream, kinds={"python"},
+              description="Downstream score against pretraining wall-clock for every method, best scores, data2vec 2.0's "
+              "speed-ups, throughput/MFU and where we disagree with the paper: reports/benchmark.md, benchmark.html, "
+              "plots/, metrics.json, headline.json (DVC stage benchmark_report).",
+              metadata={"dvc_stage": "benchmark_report", "path": "reports/benchmark.md"})
+    def benchmark_report(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        from pipeline.report import run
+
+        result = run(_cli_args("report"))
+        markdown = Path(result["report"]).read_text(encoding="utf-8")
+        metadata = {
+            "report": dg.MetadataValue.md(re.sub(r"^!\[[^\]]*\]\(plots/[^)]*\)\n", "", markdown, flags=re.M)),
+            "records": result["records"],
+            "statements": dg.MetadataValue.md("\n".join(f"- {s}" for s in result["statements"]) or "_none_"),
+            "path": dg.MetadataValue.path(result["report"]),
+        }
+        for png in sorted(Path(result["report"]).parent.joinpath("plots").glob("*.png")):
+            metadata[f"plot_{png.stem}"] = png_markdown(png.read_bytes(), png.stem)
+        context.log.info(f"benchmark report: {result['records']} records -> {result['report']}")
+        return dg.MaterializeResult(metadata=metadata)
+
+    return benchmark_report
