@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -64,13 +63,6 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def device_name(device) -> str:
     import torch
 
@@ -89,6 +81,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     from pipeline.optim import param_groups
     from pipeline.pretrain import autocast_dtype, build_configs, text_vocab
     from pipeline.pretrain_data import PretrainBatches, make_loader
+    from pipeline.report import git_state
 
     args.max_updates = args.budget_seconds = None
     cfg, model_cfg = build_configs(args, P.load(args.params))
@@ -151,7 +144,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "flops_per_sample": flops_per_step / cfg.batch_size, "achieved_flops_per_s": flops_per_step / step_seconds,
         "matmul_peak_flops_per_s": peak, "mfu": flops_per_step / step_seconds / peak,
         "loader_samples_per_s": loader_rate, "loader_workers": args.workers,
-        "torch": torch.__version__, "git_commit": git_commit(), "python": sys.version.split()[0],
+        "torch": torch.__version__, "git_commit": git_state(), "python": sys.version.split()[0],
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 

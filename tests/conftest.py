@@ -59,7 +59,8 @@ def write_params(path: Path, params: dict) -> Path:
     return path
 
 
-COPY_IGNORE = shutil.ignore_patterns(".venv", ".venv-dvc", ".git", "data", "models", "reports", ".dagster_home",
+# dvc.lock: the committed one records the full-size run; a tiny-params copy writes its own
+COPY_IGNORE = shutil.ignore_patterns(".venv", ".venv-dvc", ".git", "dvc.lock", "data", "models", "reports", ".dagster_home",
                                      "__pycache__", "*.egg-info", ".pytest_cache", ".setup-*.stamp", "tmp", "cache")
 
 
