@@ -85,10 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from pipeline.throughput import add_arguments as throughput_arguments
 
-    p = stages.add_parser("throughput", help="measure loader and training throughput and MFU (appends to reports/throughput.json)",
+    p = stages.add_parser("throughput", help="measure loader and training throughput and MFU of one or more methods (into --out)",
                           description="Measure the input pipeline (samples/s), one training step (samples/s, tokens/s), "
-                          "its FLOPs (FlopCounterMode) and MFU against this machine's measured matmul peak. Appends one "
-                          "record to --out. Speed is measured here, never asserted in tests.")
+                          "its FLOPs (FlopCounterMode) and MFU against this machine's measured matmul peak, for each --method; "
+                          "writes one record per method into --out. Speed is measured here, never asserted in tests.")
     throughput_arguments(p)
 
     from pipeline.sweep import add_arguments as sweep_arguments

@@ -6,7 +6,7 @@ self-contained reports/benchmark.html (images embedded, no scripts), with the pl
 Input: reports/metrics.json, a list of records (shared/DESIGN.md):
   {modality, method, preset, pretrain_seconds, pretrain_updates, pretrain_samples, device, world_size,
    task, metric, value, split, git_commit, dvc_stage_hash}
-and optionally reports/throughput.json (pipeline/throughput.py records).
+and reports/throughput/*.json (pipeline/throughput.py records).
 """
 from __future__ import annotations
 

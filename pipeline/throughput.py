@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-DEFAULT_OUT = Path("reports") / "throughput.json"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,9 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=1, help="DataLoader workers for the loader measurement")
     p.add_argument("--shards", type=Path)
     p.add_argument("--tokenizer", type=Path)
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                   help="results file (default: %(default)s); a record replaces the one of the same method, preset, batch, "
-                   "device and precision, others are kept")
+    p.add_argument("--out", type=Path, help="results file (default: reports/throughput/<modality>.json, which the report "
+                   "reads); a record replaces the one of the same method, preset, batch, device and precision, others are kept")
     p.add_argument("--params", type=Path, default=Path("params.yaml"))
 
 
@@ -155,10 +153,13 @@ SAME_SETUP = ("modality", "method", "preset", "batch_size", "device", "precision
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from pipeline.shard_writer import atomic_write_json
 
+    from pipeline import paths
+
+    out = args.out or paths.throughput_path(args.modality)
     measured = [measure(argparse.Namespace(**{**vars(args), "method": method})) for method in args.method]
-    records = json.loads(args.out.read_text()) if args.out.exists() else []
+    records = json.loads(out.read_text()) if out.exists() else []
     keys = {tuple(r[k] for k in SAME_SETUP) for r in measured}
     records = [r for r in records if tuple(r.get(k) for k in SAME_SETUP) not in keys] + measured
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out, records)
-    return measured[0] if len(measured) == 1 else {"out": str(args.out), "records": measured}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out, records)
+    return measured[0] if len(measured) == 1 else {"out": str(out), "records": measured}
