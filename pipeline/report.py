@@ -181,6 +181,7 @@ def build(records: list[dict[str, Any]], throughput: list[dict[str, Any]], out_d
                 speed = _speedup(row)
                 md.append(f"| {method} | {_fmt(row['baseline_best'])} | {_fmt(row['baseline_time'], 3)} | "
                           f"{_fmt(row['data2vec2_time'], 3)} | {speed} |")
+            md.append("")
             if any(r["lower_bound"] for r in rows.values()):
                 md += ["≥: data2vec 2.0 already had that score at its first checkpoint, so it may have reached it sooner.", ""]
             headline[key] = rows
