@@ -32,6 +32,8 @@ from pipeline.train_log import TrainLog, md_image
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from pipeline.pretrain import add_run_arguments
+
     p.add_argument("--modality", required=True, choices=("image", "speech", "text"))
     p.add_argument("--checkpoint", required=True,
                    help="pretrained checkpoint (models/<modality>/<method>/pretrain/last.pt, budget-*.pt, ...) or `none` (scratch)")
@@ -45,13 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shards", type=Path, help="shard folder of your own labeled data (default: data/shards/<modality>)")
     p.add_argument("--tokenizer", type=Path, help="tokenizer.json (default: data/tokenizers/<modality>/tokenizer.json)")
     p.add_argument("--max-updates", type=int, help="update budget (overrides params.yaml)")
-    p.add_argument("--nproc", type=int, default=1, help="processes on this machine (torchrun --nproc-per-node)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--workers", type=int, help="DataLoader workers per process (default: from the CPU count)")
-    p.add_argument("--fresh", action="store_true", help="ignore an existing last.pt instead of resuming from it")
-    p.add_argument("--params", type=Path, default=Path("params.yaml"))
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--debug-nan-at-update", type=int, help=argparse.SUPPRESS)  # tests: inject a NaN loss
+    add_run_arguments(p)
 
 
 def checkpoint_arg(value: str) -> Path | None:

@@ -46,6 +46,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", type=Path, help="text tokenizer.json (default: data/tokenizers/text/tokenizer.json)")
     p.add_argument("--max-updates", type=int, help="update budget (overrides params.yaml)")
     p.add_argument("--budget-seconds", type=float, help="wall-clock budget of the training loop (overrides params.yaml)")
+    add_run_arguments(p)
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """The operational flags of every torchrun stage (pretrain, finetune)."""
     p.add_argument("--nproc", type=int, default=1, help="processes on this machine (torchrun --nproc-per-node)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--workers", type=int, help="DataLoader workers per process (default: from the CPU count)")
