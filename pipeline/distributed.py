@@ -49,7 +49,13 @@ def die_with_launcher() -> None:
 
 
 def setup(device: str = "auto", timeout_s: int = 1800) -> Dist:
-    """Initialize the process group (always, even for one process, so 1 and N run the same code)."""
+    """Initialize the process group (always, even for one process, so 1 and N run the same code).
+
+    faulthandler: a native abort in a worker (SIGABRT/SIGSEGV in gloo, nccl or a kernel) prints every thread's Python
+    stack to the worker's stderr, which torchrun passes on; without it torchrun only reports the signal."""
+    import faulthandler
+
+    faulthandler.enable(all_threads=True)
     die_with_launcher()
     rank, local_rank, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
@@ -63,7 +69,21 @@ def setup(device: str = "auto", timeout_s: int = 1800) -> Dist:
     return Dist(rank, local_rank, world, dev)
 
 
+def leave_together() -> None:
+    """The end of a successful run: every rank waits here until all are done, so no rank shuts its connections
+    down (or exits) while another still evaluates, writes results or communicates."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
 def teardown() -> None:
+    """Release the process group (also after an error, where a barrier could hang: no synchronization here).
+
+    Collect garbage first, so that a DDP wrapper the caller dropped (it holds the group) is gone before the group
+    shuts down, not destroyed later during interpreter finalization."""
+    import gc
+
+    gc.collect()
     if dist.is_initialized():
         dist.destroy_process_group()
 

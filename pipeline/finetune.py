@@ -343,6 +343,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                               "result": {k: v for k, v in result.items() if k != "metrics"} | {
                                   "metrics": {k: v for k, v in metrics.items() if k != "confusion_matrix"}},
                               "out": str(out)})
+        del ddp, loader
+        distributed.leave_together()
         return summary
     finally:
         distributed.teardown()

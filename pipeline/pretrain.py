@@ -303,6 +303,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                               "world_size": world, "device": str(d.device), "effective_batch": effective,
                               "tokens_per_sample": tokens_per_sample, "method": cfg.method, "modality": cfg.modality,
                               "preset": cfg.preset, "checkpoints": sorted(p.name for p in out.glob("*.pt")) if d.is_main else []})
+        del ddp, loader
+        distributed.leave_together()
         return summary
     finally:
         distributed.teardown()
