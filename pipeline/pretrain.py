@@ -168,6 +168,16 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             if d.is_main:
                 print(f"{last} is from another run (hyper-parameters, model or data differ): starting fresh", file=sys.stderr)
             ckpt = None
+        # budget-<f>.pt belong to one budget (a wall-clock one, or else max_updates)
+        budget = f"{cfg.budget_seconds}s" if cfg.budget_seconds else f"{cfg.max_updates}u"
+        spent = ckpt is not None and budget_spent(cfg, ckpt["update"], ckpt["train_seconds"])
+        if spent and not fractions_saved(cfg, ckpt["saved_fractions"], budget):
+            # it trained past this (smaller) budget, or checkpoint_fractions gained a fraction it has passed: the
+            # checkpoints the benchmark needs cannot be made any more, so the run starts over
+            if d.is_main:
+                print(f"{last} has trained {ckpt['update']} updates / {ckpt['train_seconds']:.1f} s, past this budget "
+                      f"({budget}) without its checkpoints at fractions {cfg.checkpoint_fractions}: starting fresh", file=sys.stderr)
+            ckpt, spent = None, False
         if d.is_main and (args.fresh or (last.exists() and ckpt is None)):
             clear_outputs(out)
         torch.distributed.barrier()
@@ -185,9 +195,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"resuming on {d.world_size} processes from a {ckpt['world_size']}-process checkpoint: "
                       "data order and masks continue exactly, dropout RNG streams restart", file=sys.stderr)
 
-        # budget-<f>.pt belong to one budget: after a budget change (train longer) they are saved again at the new
-        # budget's fractions, and the earlier budget's files are removed so a sweep never mixes two budgets
-        budget = f"{cfg.budget_seconds}s" if cfg.budget_seconds else f"{cfg.max_updates}u"
+        # after a budget change (train longer) budget-<f>.pt are saved again at the new budget's fractions, and the
+        # earlier budget's files are removed so a sweep never mixes two budgets
         state["saved_fractions"] = [m for m in state["saved_fractions"] if isinstance(m, list) and m[1] == budget]
         if d.is_main:
             kept = {f"budget-{fraction:g}.pt" for fraction, _ in state["saved_fractions"]}
@@ -215,7 +224,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         ddp = DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None,
                   find_unused_parameters=model_cfg.encoder.layerdrop > 0)
         workers = args.workers if args.workers is not None else default_workers(world)
-        loader = make_loader(dataset, cfg, d.rank, world, state["update"], cfg.max_updates, workers)
+        # a finished run (its budget spent, its checkpoints saved) trains nothing more when run again
+        loader = make_loader(dataset, cfg, d.rank, world, state["update"], state["update"] if spent else cfg.max_updates, workers)
 
         def save(name: str) -> None:
             rngs = [None] * world
@@ -228,7 +238,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                     "config": json.loads(json.dumps(resolved, default=str)), **state,
                 })
 
-        stop_reason = "max_updates"
+        stop_reason = "budget_seconds" if spent and cfg.budget_seconds else "max_updates"
         tokens_per_sample = None
         window: list[dict[str, float]] = []
         mean_loss = math.inf  # mean loss of the latest log window
@@ -312,6 +322,18 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
 # Settings a run may change and still resume (train longer, checkpoint or log more often).
 RESUMABLE_CHANGES = ("max_updates", "budget_seconds", "checkpoint_every", "checkpoint_fractions", "log_every", "guard_after_updates")
+
+
+def budget_spent(cfg, updates: int, train_seconds: float) -> bool:
+    """Whether a run that has trained `updates` in `train_seconds` has used up the budget of `cfg` (its wall-clock
+    budget, or else max_updates; under a wall-clock budget max_updates is only a cap, and the loader stops there)."""
+    return train_seconds >= cfg.budget_seconds if cfg.budget_seconds else updates >= cfg.max_updates
+
+
+def fractions_saved(cfg, saved: list, budget: str) -> bool:
+    """Whether budget-<f>.pt of every checkpoint fraction of this budget were saved."""
+    done = {fraction for fraction, b in (m for m in saved if isinstance(m, list)) if b == budget}
+    return set(cfg.checkpoint_fractions) <= done
 
 
 def run_identity(cfg, model_cfg, shard_dir: Path, tokenizer_path: Path | None) -> dict[str, str]:

@@ -206,3 +206,42 @@ def test_resume_only_the_same_run(image_workdir):
     assert "from another run" in changed.stderr
     assert [json.loads(line)["update"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4, 5]
     assert json.loads((out / "config.json").read_text())["pretrain"]["lr"] == 0.002
+
+
+def test_a_finished_run_trains_no_more_and_a_passed_budget_starts_over(image_workdir):
+    """Run again once its budget is spent (as `dvc repro` does after a code change): nothing trains, no checkpoint
+    changes. A smaller budget the run has already passed cannot get its budget checkpoints: the run starts over."""
+    out = image_workdir / "finished"
+
+    def checkpoints():
+        return {p.name: torch.load(p, weights_only=True)["update"] for p in sorted(out.glob("*.pt"))}
+
+    run(pretrain_cmd(out, "--max-updates", "4"), cwd=image_workdir)
+    done = checkpoints()
+    assert done == {"best.pt": 4, "budget-0.25.pt": 1, "budget-0.5.pt": 2, "budget-0.75.pt": 3, "budget-1.pt": 4, "last.pt": 4}
+    again = json.loads(run(pretrain_cmd(out, "--max-updates", "4"), cwd=image_workdir).stdout)
+    assert again["updates"] == 4 and checkpoints() == done and len(losses(out)) == 4
+    smaller = run(pretrain_cmd(out, "--max-updates", "2"), cwd=image_workdir)
+    assert "past this budget (2u)" in smaller.stderr
+    assert [json.loads(line)["update"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert checkpoints() == {"best.pt": 2, "budget-0.25.pt": 1, "budget-0.5.pt": 1, "budget-0.75.pt": 2, "budget-1.pt": 2,
+                             "last.pt": 2}
+
+
+def test_wall_clock_budget_stops_saves_its_fractions_and_is_not_extended(image_workdir):
+    """--budget-seconds: training stops when the loop has run that long (max_updates only caps it), budget-<f>.pt
+    are saved once f x budget has passed, and running it again adds no update (it used to add one each time)."""
+    out = image_workdir / "wall_clock"
+    cmd = pretrain_cmd(out, "--budget-seconds", "2", "--max-updates", "100000")
+    first = json.loads(run(cmd, cwd=image_workdir).stdout)
+    assert first["stop_reason"] == "budget_seconds" and first["train_seconds"] >= 2 and 1 < first["updates"] < 100000
+    saved = {p.name: torch.load(p, weights_only=True) for p in sorted(out.glob("budget-*.pt"))}
+    assert set(saved) == {"budget-0.25.pt", "budget-0.5.pt", "budget-0.75.pt", "budget-1.pt"}
+    for name, ckpt in saved.items():
+        assert ckpt["train_seconds"] >= float(name[len("budget-"):-len(".pt")]) * 2
+    assert saved["budget-1.pt"]["update"] == first["updates"]
+    last = torch.load(out / "last.pt", weights_only=True)
+    again = json.loads(run(cmd, cwd=image_workdir).stdout)
+    assert again["stop_reason"] == "budget_seconds" and again["updates"] == first["updates"]
+    assert torch.load(out / "last.pt", weights_only=True)["train_seconds"] == last["train_seconds"]
+    assert len(losses(out)) == first["updates"]
