@@ -12,7 +12,9 @@ import sys
 import dagster as dg
 
 from assets.training import PretrainRunConfig, operational
+from pipeline import paths
 from pipeline.finetune_tasks import DEFAULT_TASK as TASKS  # the demo task per modality, as in dvc.yaml (no torch import)
+from pipeline.pretrain import default_out
 
 
 class FinetuneRunConfig(PretrainRunConfig):
@@ -22,7 +24,7 @@ class FinetuneRunConfig(PretrainRunConfig):
 def build_sweep_asset(modality: str, method: str, upstream: list) -> dg.AssetsDefinition:
     task = TASKS[modality]
     stage = f"finetune_scratch_{modality}" if method == "scratch" else f"finetune_{modality}@{method}"
-    out = f"models/{modality}/{method}/sweep/{task}"
+    out = str(paths.sweep_dir(modality, method, task))
     origin = ("a freshly initialized encoder (scratch baseline)" if method == "scratch"
               else f"each budget checkpoint of {modality}/{method}/pretrained")
 
@@ -43,7 +45,7 @@ def build_linear_probe_asset(modality: str, method: str, upstream: list) -> dg.A
     task = TASKS[modality]
     stage = f"linear_probe_{modality}@{method}"
     out = f"models/{modality}/{method}/finetune/{task}-linear_probe"
-    checkpoint = f"models/{modality}/{method}/pretrain/last.pt"
+    checkpoint = str(default_out(modality, method) / "last.pt")
 
     @dg.asset(key=[modality, method, "linear_probe"], group_name=modality, deps=upstream, kinds={"pytorch"},
               description=f"{task}: linear probe on frozen features of the {method} pretrained encoder ({out}; DVC stage {stage}).",

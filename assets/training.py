@@ -5,6 +5,8 @@ import sys
 
 import dagster as dg
 
+from pipeline.pretrain import default_out  # stdlib imports only at module level: no torch when assets/ loads
+
 
 class PretrainRunConfig(dg.Config):
     """Operational knobs only; hyper-parameters come from params.yaml `pretrain.<modality>`."""
@@ -24,7 +26,7 @@ def operational(config: PretrainRunConfig) -> list[str]:
 
 def build_pretrain_asset(modality: str, method: str, upstream: list) -> dg.AssetsDefinition:
     stage = f"pretrain_{modality}@{method}"
-    out = f"models/{modality}/{method}/pretrain"
+    out = str(default_out(modality, method))
 
     @dg.asset(key=[modality, method, "pretrained"], group_name=modality, deps=upstream, kinds={"pytorch"},
               description=f"{method} pretraining of the {modality} encoder under torchrun ({out}; DVC stage {stage}).",

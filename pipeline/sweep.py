@@ -91,6 +91,7 @@ def curve_table(records: list[dict[str, Any]]) -> str:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from pipeline import params as P
     from pipeline.checkpoint import load
+    from pipeline.pretrain import default_out
     from pipeline.shard_writer import atomic_write_json
 
     task = args.task or DEFAULT_TASK[args.modality]
@@ -102,7 +103,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         preset = (params.get("finetune", {}).get(args.modality) or {}).get("preset", "tiny")
         batch_size = None
     else:
-        pretrain_dir = args.pretrain_dir or Path("models") / args.modality / args.method / "pretrain"
+        pretrain_dir = args.pretrain_dir or default_out(args.modality, args.method)
         points = [(f, str(p)) for f, p in budget_checkpoints(pretrain_dir)]
         config = load(Path(points[0][1]))["config"]["pretrain"]
         preset, batch_size = config["preset"], config["batch_size"]

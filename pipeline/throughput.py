@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--modality", required=True, choices=("image", "speech", "text"))
     p.add_argument("--method", nargs="+", default=["data2vec2"], help="one or more pretraining methods (default: data2vec2)")
@@ -151,9 +150,8 @@ SAME_SETUP = ("modality", "method", "preset", "batch_size", "device", "precision
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from pipeline.shard_writer import atomic_write_json
-
     from pipeline import paths
+    from pipeline.shard_writer import atomic_write_json
 
     out = args.out or paths.throughput_path(args.modality)
     measured = [measure(argparse.Namespace(**{**vars(args), "method": method})) for method in args.method]
