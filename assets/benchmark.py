@@ -36,7 +36,7 @@ def build_throughput_asset(modality: str, upstream: list) -> dg.AssetsDefinition
               f"loader's samples/s ({out}; DVC stage throughput_{modality}).",
               metadata={"dvc_stage": f"throughput_{modality}", "path": str(out)})
     def throughput(context: dg.AssetExecutionContext, config: ThroughputConfig) -> dg.MaterializeResult:
-        from pipeline.throughput import run
+        from pipeline.benchmark.throughput import run
 
         args = _cli_args("throughput", "--modality", modality, "--method", *methods, "--device", config.device,
                          "--steps", str(config.steps), "--workers", str(config.workers), "--out", str(out),
@@ -59,7 +59,7 @@ def build_report_asset(upstream: list) -> dg.AssetsDefinition:
               "plots/, metrics.json, headline.json (DVC stage benchmark_report).",
               metadata={"dvc_stage": "benchmark_report", "path": "reports/benchmark.md"})
     def benchmark_report(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        from pipeline.report import run
+        from pipeline.benchmark.report import run
 
         result = run(_cli_args("report"))
         markdown = Path(result["report"]).read_text(encoding="utf-8")

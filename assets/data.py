@@ -35,8 +35,8 @@ def build_data_assets(modality: str) -> tuple[list[dg.AssetsDefinition], list[dg
               description=f"Embedded default {modality} data under data/raw/{modality}/ (DVC stage prepare@{modality}).",
               metadata={"dvc_stage": f"prepare@{modality}", "path": str(paths.raw_dir(modality))})
     def raw(context: dg.AssetExecutionContext, config: StageConfig) -> dg.MaterializeResult:
-        from pipeline import params as P
-        from pipeline.prepare import prepare
+        from pipeline import config as P
+        from pipeline.data.prepare import prepare
 
         summary = prepare(modality, P.load(config.params_path), progress=config.progress)
         context.log.info(f"prepared {modality}: {summary}")
@@ -46,9 +46,9 @@ def build_data_assets(modality: str) -> tuple[list[dg.AssetsDefinition], list[dg
               description=f"WebDataset tar shards + index.json under data/shards/{modality}/ (DVC stage shard@{modality}).",
               metadata={"dvc_stage": f"shard@{modality}", "path": str(paths.shards_dir(modality))})
     def shards(context: dg.AssetExecutionContext, config: StageConfig) -> dg.MaterializeResult:
-        from pipeline import params as P
-        from pipeline import preview
-        from pipeline.shard import shard
+        from pipeline import config as P
+        from pipeline.data import preview
+        from pipeline.data.shard import shard
 
         cfg = P.section(P.load(config.params_path), P.Shard, modality, "shard")
         index = shard(modality, None, None, cfg, progress=config.progress)
@@ -74,7 +74,7 @@ def build_data_assets(modality: str) -> tuple[list[dg.AssetsDefinition], list[dg
     @dg.asset_check(asset=shards, blocking=True, description="Every shard listed in index.json exists, is non-empty, "
                     "holds the sample count index.json records and matches its sha256.")
     def shards_match_index() -> dg.AssetCheckResult:
-        from pipeline.shard_writer import verify_index
+        from pipeline.data.shard_writer import verify_index
 
         problems = verify_index(paths.shards_dir(modality))
         return dg.AssetCheckResult(passed=not problems, metadata={"problems": dg.MetadataValue.json(problems[:50])})
@@ -96,9 +96,9 @@ def _tokenizer_asset(modality: str, shards: dg.AssetsDefinition):
               description=f"{kind} tokenizer trained on the train split: {paths.tokenizer_path(modality)} (DVC stage tokenizer@{modality}).",
               metadata={"dvc_stage": f"tokenizer@{modality}", "path": str(paths.tokenizer_path(modality))})
     def tokenizer(context: dg.AssetExecutionContext, config: StageConfig) -> dg.MaterializeResult:
-        from pipeline import params as P
-        from pipeline import preview
-        from pipeline.tokenizer import load, train_tokenizer
+        from pipeline import config as P
+        from pipeline.data import preview
+        from pipeline.data.tokenizer import load, train_tokenizer
 
         summary = train_tokenizer(modality, P.load(config.params_path))
         tok = load(paths.tokenizer_path(modality))
@@ -112,8 +112,8 @@ def _tokenizer_asset(modality: str, shards: dg.AssetsDefinition):
 
     @dg.asset_check(asset=tokenizer, blocking=True, description="decode(encode(x)) gives x back for validation samples.")
     def tokenizer_roundtrip() -> dg.AssetCheckResult:
-        from pipeline import preview
-        from pipeline.tokenizer import load, roundtrip_failures
+        from pipeline.data import preview
+        from pipeline.data.tokenizer import load, roundtrip_failures
 
         tok = load(paths.tokenizer_path(modality))
         shard_dir = paths.shards_dir(modality)

@@ -13,8 +13,8 @@ import dagster as dg
 
 from assets.training import PretrainRunConfig, operational
 from pipeline import paths
-from pipeline.finetune_tasks import DEFAULT_TASK as TASKS  # the demo task per modality, as in dvc.yaml (no torch import)
-from pipeline.pretrain import default_out
+from pipeline.finetune.tasks import DEFAULT_TASK as TASKS  # the demo task per modality, as in dvc.yaml (no torch import)
+from pipeline.pretrain.stage import default_out
 
 
 class FinetuneRunConfig(PretrainRunConfig):

@@ -5,7 +5,7 @@ import sys
 
 import dagster as dg
 
-from pipeline.pretrain import default_out  # stdlib imports only at module level: no torch when assets/ loads
+from pipeline.pretrain.stage import default_out  # stdlib imports only at module level: no torch when assets/ loads
 
 
 class PretrainRunConfig(dg.Config):

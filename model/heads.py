@@ -1,6 +1,6 @@
 """Fine-tuning models: a task head on a data2vec 2.0 encoder (pretrained or freshly initialized). Pure PyTorch,
 single device, no I/O; like the pretraining models, `forward(batch)` returns `(loss, stats)` and DDP, AMP and
-the optimizer are applied from outside (pipeline/finetune.py). Recipes: shared/reference/data2vec2-spec.md §5.
+the optimizer are applied from outside (pipeline/finetune/stage.py). Recipes: shared/reference/data2vec2-spec.md §5.
 
   ImageClassifier  patch tokens (B, L, D) -> mean over patches (CLS dropped) -> fc_norm LayerNorm -> Linear (§5.1)
                    linear_probe=True: frozen encoder in eval mode, BatchNorm1d (no affine) -> Linear (MAE linprobe)

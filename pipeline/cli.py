@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="tokenizer.json path (default: data/tokenizers/<modality>/tokenizer.json)")
     _common(p)
 
-    from pipeline.pretrain import add_arguments as pretrain_arguments
+    from pipeline.pretrain.stage import add_arguments as pretrain_arguments
 
     p = stages.add_parser("pretrain", help="pretrain data2vec 2.0 (torchrun + DDP; resumes from last.pt)",
                           description="Pretrain under torchrun (--nproc processes, gloo on CPU, nccl on GPU). Writes "
@@ -63,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                           epilog=EPILOG)
     pretrain_arguments(p)
 
-    from pipeline.evaluate import add_arguments as evaluate_arguments
-    from pipeline.finetune import add_arguments as finetune_arguments
+    from pipeline.finetune.evaluate import add_arguments as evaluate_arguments
+    from pipeline.finetune.stage import add_arguments as finetune_arguments
 
     p = stages.add_parser("finetune", help="fine-tune a pretrained (or `none`: scratch) encoder on a labeled task, then test it",
                           description="Fine-tune under torchrun (--nproc processes; resumes from last.pt): image "
@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                           epilog=EPILOG)
     evaluate_arguments(p)
 
-    from pipeline.throughput import add_arguments as throughput_arguments
+    from pipeline.benchmark.throughput import add_arguments as throughput_arguments
 
     p = stages.add_parser("throughput", help="measure loader and training throughput and MFU of one or more methods (into --out)",
                           description="Measure the input pipeline (samples/s), one training step (samples/s, tokens/s), "
@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "writes one record per method into --out. Speed is measured here, never asserted in tests.")
     throughput_arguments(p)
 
-    from pipeline.sweep import add_arguments as sweep_arguments
+    from pipeline.benchmark.sweep import add_arguments as sweep_arguments
 
     p = stages.add_parser("sweep", help="fine-tune every budget checkpoint of a pretraining run (time-to-accuracy curve)",
                           description="Fine-tune each budget-<fraction>.pt of models/<modality>/<method>/pretrain with the same "
@@ -117,30 +117,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace, argv: list[str]) -> dict | str | None:
     if args.stage == "pretrain":
-        from pipeline import distributed
-        from pipeline.pretrain import launch, train
+        from pipeline.train import distributed
+        from pipeline.pretrain.stage import launch, train
 
         if not distributed.under_torchrun():
             launch(args, argv)  # does not return
         summary = train(args)
         return summary if os.environ.get("RANK", "0") == "0" else None
     if args.stage == "throughput":
-        from pipeline.throughput import run as measure_throughput
+        from pipeline.benchmark.throughput import run as measure_throughput
 
         return measure_throughput(args)
     if args.stage == "sweep":
-        from pipeline.sweep import run as sweep
+        from pipeline.benchmark.sweep import run as sweep
 
         return sweep(args)
     if args.stage == "report":
-        from pipeline.report import run as report
+        from pipeline.benchmark.report import run as report
 
         return report(args)
     if args.stage == "finetune":
-        from pipeline import distributed
-        from pipeline.finetune import preflight
-        from pipeline.finetune import train as finetune
-        from pipeline.pretrain import launch
+        from pipeline.train import distributed
+        from pipeline.finetune.stage import preflight
+        from pipeline.finetune.stage import train as finetune
+        from pipeline.pretrain.stage import launch
 
         if not distributed.under_torchrun():
             preflight(args)
@@ -148,7 +148,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict | str | None:
         summary = finetune(args)
         return summary if os.environ.get("RANK", "0") == "0" else None
     if args.stage == "evaluate":
-        from pipeline.evaluate import evaluate_checkpoint
+        from pipeline.finetune.evaluate import evaluate_checkpoint
 
         return evaluate_checkpoint(args)
     if args.stage == "summary":
@@ -156,18 +156,18 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict | str | None:
 
         return summarize(args.modality, args.preset, args.method)
 
-    from pipeline import params as P
+    from pipeline import config as P
 
     params = P.load(args.params)
     progress = not args.no_progress
     if args.stage == "prepare":
-        from pipeline.prepare import prepare
+        from pipeline.data.prepare import prepare
 
         return prepare(args.modality, params, args.out, progress)
     if args.stage == "shard":
         import dataclasses
 
-        from pipeline.shard import shard
+        from pipeline.data.shard import shard
 
         cfg = P.section(params, P.Shard, args.modality, "shard")
         if args.max_samples_per_shard:
@@ -179,14 +179,14 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict | str | None:
             "skipped": len(index["skipped"]),
         }
     if args.stage == "tokenizer":
-        from pipeline.tokenizer import train_tokenizer
+        from pipeline.data.tokenizer import train_tokenizer
 
         return train_tokenizer(args.modality, params, args.shards, args.out)
     raise AssertionError(args.stage)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.pretrain import TrainingStopped
+    from pipeline.pretrain.stage import TrainingStopped
 
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)

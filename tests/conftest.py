@@ -1,67 +1,19 @@
-"""Shared fixtures: tiny params, a temporary copy of the repository for end-to-end runs."""
+"""Fixtures only (shared helpers live in helpers.py): tiny params, a temporary copy of the repository."""
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent
-DVC = REPO / ".venv-dvc" / "bin" / "dvc"
-
-# Small enough for seconds per stage, big enough that every split and task is non-empty.
-TINY_PARAMS = {
-    "seed": 0,
-    "image": {"prepare": {"train_limit": 64, "test_limit": 16}, "shard": {"max_samples_per_shard": 40}},
-    "speech": {
-        "prepare": {"train_utterances": 6, "valid_utterances": 2, "test_utterances": 2, "sample_rate": 16000},
-        "shard": {"max_samples_per_shard": 4},
-        "tokenizer": {"lowercase": True},
-    },
-    "text": {
-        "prepare": {
-            "corpus_limit": 400, "valid_fraction": 0.05, "lexname_train": 90, "lexname_valid": 20, "lexname_test": 20,
-            "fortune_valid_fraction": 0.1, "fortune_test_fraction": 0.1, "fortune_min_per_category": 1000,
-        },
-        "shard": {"max_samples_per_shard": 150},
-        "tokenizer": {"vocab_size": 400, "min_frequency": 2},
-    },
-    # update budgets (not wall-clock) so tests are deterministic; budget checkpoints after 2 and 3 updates
-    "pretrain": {
-        m: {"preset": "tiny", "batch_size": 4, "max_updates": 3, "warmup_updates": 1, "checkpoint_every": 2, "log_every": 1,
-            "checkpoint_fractions": [0.5, 1.0]}
-        for m in ("image", "speech", "text")
-    },
-    # a few updates of a few samples; validation and a checkpoint half-way, so best.pt and resume paths run
-    "finetune": {
-        "image": {"preset": "tiny", "batch_size": 8, "max_updates": 4, "valid_size": 16, "eval_every": 2,
-                  "eval_batch_size": 16, "log_every": 1, "checkpoint_every": 2},
-        "speech": {"preset": "tiny", "batch_size": 2, "max_updates": 3, "freeze_updates": 1, "eval_every": 2,
-                   "eval_batch_size": 2, "log_every": 1, "checkpoint_every": 2},
-        "text": {"preset": "tiny", "batch_size": 8, "max_updates": 4, "eval_every": 2, "eval_batch_size": 16,
-                 "log_every": 1, "checkpoint_every": 2},
-    },
-}
+from helpers import COPY_IGNORE, REPO, TINY_PARAMS, write_params
 
 
 @pytest.fixture
 def tiny_params() -> dict:
     return yaml.safe_load(yaml.safe_dump(TINY_PARAMS))  # a fresh deep copy per test
-
-
-def write_params(path: Path, params: dict) -> Path:
-    path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
-    return path
-
-
-# dvc.lock: the committed one records the full-size run; a tiny-params copy writes its own
-COPY_IGNORE = shutil.ignore_patterns(".venv", ".venv-dvc", ".git", "dvc.lock", "data", "models", "reports", ".dagster_home",
-                                     "__pycache__", "*.egg-info", ".pytest_cache", ".setup-*.stamp", "tmp", "cache")
 
 
 @pytest.fixture
@@ -74,10 +26,3 @@ def repo_copy(tmp_path: Path) -> Path:
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
     return dest
 
-
-def run(cmd: list[str], cwd: Path, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})}
-    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
-    if result.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, cmd))} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
-    return result

@@ -1,0 +1,163 @@
+"""The `throughput` stage: measure, don't assert. Loader samples/s, training-step samples/s and tokens/s, and
+model FLOPs utilization (MFU) against this machine's measured matmul peak; appended to a results file.
+
+  peak   best FLOP/s of square matmuls in the training dtype (what the hardware delivers here, not a datasheet)
+  step   forward + backward + optimizer step + EMA update of one real batch, averaged after warm-up steps
+  FLOPs  counted by torch.utils.flop_counter.FlopCounterMode on that same batch (matmul, conv, attention)
+  MFU    FLOPs per step / step time / peak
+  loader the full input pipeline (read shards, decode, augment/crop/pack, masks) through a DataLoader
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--modality", required=True, choices=("image", "speech", "text"))
+    p.add_argument("--method", nargs="+", default=["data2vec2"], help="one or more pretraining methods (default: data2vec2)")
+    p.add_argument("--preset", help="tiny, base or large (default: params.yaml pretrain.<modality>.preset)")
+    p.add_argument("--batch-size", type=int, help="samples per step (default: params.yaml pretrain.<modality>.batch_size)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), help="default: params.yaml (auto)")
+    p.add_argument("--steps", type=int, default=5, help="timed training steps (after --warmup; default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--loader-batches", type=int, default=20)
+    p.add_argument("--workers", type=int, default=1, help="DataLoader workers for the loader measurement")
+    p.add_argument("--shards", type=Path)
+    p.add_argument("--tokenizer", type=Path)
+    p.add_argument("--out", type=Path, help="results file (default: reports/throughput/<modality>.json, which the report "
+                   "reads); a record replaces the one of the same method, preset, batch, device and precision, others are kept")
+    p.add_argument("--params", type=Path, default=Path("params.yaml"))
+
+
+def matmul_peak_flops(device, dtype, size: int, repeats: int = 5) -> float:
+    """Best observed FLOP/s of a (size x size) @ (size x size) matmul."""
+    import torch
+
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    best = 0.0
+    for _ in range(repeats + 1):
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        _sync(device)
+        best = max(best, 4 * 2 * size**3 / (time.perf_counter() - start))
+    return best
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def device_name(device) -> str:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from model.build import build_model
+    from pipeline import paths
+    from pipeline import config as P
+    from pipeline.train.optim import param_groups
+    from pipeline.pretrain.stage import autocast_dtype, build_configs, text_vocab
+    from pipeline.pretrain.data import PretrainBatches, make_loader
+    from pipeline.io import git_state
+
+    args.max_updates = args.budget_seconds = None
+    cfg, model_cfg = build_configs(args, P.load(args.params))
+    if args.batch_size:
+        cfg.batch_size = args.batch_size
+    if args.precision:
+        cfg.precision = args.precision
+    use_cuda = torch.cuda.is_available() if args.device == "auto" else args.device == "cuda"
+    device = torch.device("cuda" if use_cuda else "cpu")
+    torch.set_flush_denormal(True)
+    shard_dir = args.shards or paths.shards_dir(cfg.modality)
+    tokenizer = args.tokenizer or paths.tokenizer_path("text")
+    if cfg.modality == "text":
+        text_vocab(model_cfg, tokenizer)
+    dtype = autocast_dtype(cfg.precision, device)
+    dataset = PretrainBatches(cfg, model_cfg, shard_dir, "train", tokenizer)
+
+    # the input pipeline alone
+    cfg.grad_accum = 1
+    loader = make_loader(dataset, cfg, 0, 1, 0, args.loader_batches, args.workers)
+    start, first = time.perf_counter(), None
+    for i, batch in enumerate(loader):
+        if i == 0:
+            first = time.perf_counter()
+    loader_rate = cfg.batch_size * (args.loader_batches - 1) / (time.perf_counter() - first)
+
+    # training steps on one real batch
+    batch = {k: v.to(device) for k, v in dataset[(0, list(range(cfg.batch_size)))].items() if k not in ("ids", "update")}
+    torch.manual_seed(cfg.seed)
+    model = build_model(model_cfg).to(device).train()
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=1e-5, betas=cfg.betas, eps=cfg.eps)
+
+    def step(update: int) -> None:
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss, _ = model(batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        model.ema_step(update)
+
+    with FlopCounterMode(display=False) as counter:
+        step(1)
+    flops_per_step = counter.get_total_flops()
+    for u in range(args.warmup):
+        step(2 + u)
+    _sync(device)
+    start = time.perf_counter()
+    for u in range(args.steps):
+        step(2 + args.warmup + u)
+    _sync(device)
+    step_seconds = (time.perf_counter() - start) / args.steps
+    peak = matmul_peak_flops(device, dtype or torch.float32, 4096 if device.type == "cuda" else 1024)
+    samples_per_s = cfg.batch_size / step_seconds
+    tokens_per_sample = dataset.tokens_per_sample(batch)
+    return {
+        "modality": cfg.modality, "method": cfg.method, "preset": cfg.preset, "batch_size": cfg.batch_size,
+        "clone_batch": model_cfg.mask.clone_batch, "tokens_per_sample": tokens_per_sample,
+        "device": device_name(device), "precision": str(dtype or torch.float32).replace("torch.", ""),
+        "step_seconds": step_seconds, "train_samples_per_s": samples_per_s, "train_tokens_per_s": samples_per_s * tokens_per_sample,
+        "flops_per_sample": flops_per_step / cfg.batch_size, "achieved_flops_per_s": flops_per_step / step_seconds,
+        "matmul_peak_flops_per_s": peak, "mfu": flops_per_step / step_seconds / peak,
+        "loader_samples_per_s": loader_rate, "loader_workers": args.workers,
+        "torch": torch.__version__, "git_commit": git_state(), "python": sys.version.split()[0],
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+SAME_SETUP = ("modality", "method", "preset", "batch_size", "device", "precision")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from pipeline import paths
+    from pipeline.io import atomic_write_json
+
+    out = args.out or paths.throughput_path(args.modality)
+    measured = [measure(argparse.Namespace(**{**vars(args), "method": method})) for method in args.method]
+    records = json.loads(out.read_text()) if out.exists() else []
+    keys = {tuple(r[k] for k in SAME_SETUP) for r in measured}
+    records = [r for r in records if tuple(r.get(k) for k in SAME_SETUP) not in keys] + measured
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out, records)
+    return measured[0] if len(measured) == 1 else {"out": str(out), "records": measured}
