@@ -1,5 +1,6 @@
 """data2vec 2.0 model core: pure PyTorch, single device, no I/O. See model/README.md."""
-from model.config import Data2Vec2Config, get_config
+from model.config import Data2Vec2Config
+from model.presets import get_config
 from model.data2vec2 import Data2Vec2
 from model.build import build_model, config_from_dict
 from model.masking import make_mask

@@ -14,7 +14,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from model.build import build_model
-from model.config import BASELINE_MODALITY, Data2Vec2Config, get_config
+from model.config import BASELINE_MODALITY, Data2Vec2Config
+from model.presets import get_config
 from model.data2vec2 import INPUT_KEYS, Data2Vec2
 from model.masking import make_mask, num_masked
 

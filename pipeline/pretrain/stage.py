@@ -86,7 +86,7 @@ def _without_nproc(argv: list[str]) -> list[str]:
 
 
 def build_configs(args: argparse.Namespace, params: dict[str, Any]):
-    from model.config import get_config
+    from model.presets import get_config
     from pipeline.pretrain import config as train_config
 
     overrides = {k: v for k, v in (("max_updates", args.max_updates), ("budget_seconds", args.budget_seconds)) if v is not None}

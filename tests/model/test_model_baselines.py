@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from model.build import build_model, config_from_dict
-from model.config import BASELINE_MODALITY, get_config
+from model.config import BASELINE_MODALITY
+from model.presets import get_config
 from model.data2vec2 import Data2Vec2
 from model.masking import make_mask, num_masked
 from model.summary import summarize

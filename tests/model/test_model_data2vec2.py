@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.config import get_config
+from model.presets import get_config
 from model.data2vec2 import Data2Vec2, instance_norm
 from model.masking import MaskInfo, make_mask, num_masked
 from model_synthetic import batch_for

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.config import ImageEncoderConfig, SpeechEncoderConfig, TransformerConfig, get_config
+from model.config import ImageEncoderConfig, SpeechEncoderConfig, TransformerConfig
+from model.presets import get_config
 from model.data2vec2 import Data2Vec2
 from model.image_encoder import ImageContextEncoder, PatchEmbed, sincos_2d_positions
 from model.speech_encoder import SpeechLocalEncoder
@@ -112,7 +113,7 @@ def test_speech_padding_content_does_not_reach_real_frames():
     """Whatever sits in the padded tail, the features of the real frames are the same."""
     import torch
 
-    from model.config import get_config
+    from model.presets import get_config
     from model.data2vec2 import Data2Vec2
 
     torch.manual_seed(0)

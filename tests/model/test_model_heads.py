@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from model.build import build_model
-from model.config import get_config
+from model.presets import get_config
 from model.heads import ImageClassifier, SpeechCTC, TextClassifier
 from model_synthetic import batch_for
 

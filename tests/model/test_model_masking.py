@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.config import get_config
+from model.presets import get_config
 from model.masking import (
     MaskInfo,
     gather_tokens,
@@ -20,7 +20,7 @@ IMAGE_BASE = dict(grid_h=14, grid_w=14, mask_prob=0.8, mask_length=3, mask_prob_
 def test_image_inverse_block_mask_keeps_exactly_39_of_196():
     mask = image_block_mask(seed=1, step=5, ids=[0, 1, 2, 3], num_clones=16, **IMAGE_BASE)
     assert mask.dtype == torch.bool and mask.shape == (64, 196)
-    assert ((~mask).sum(1) == 39).all()  # spec: int(196 * 0.2) visible, 157 masked
+    assert ((~mask).sum(1) == 39).all()  # base_images_only_task.yaml: int(196 * 0.2) visible, 157 masked
 
 
 def test_image_mask_exact_counts_on_tiny_grid_and_large_setting():

@@ -1,10 +1,12 @@
-"""Presets against the released configs (spec section 4) and parameter counts of known architectures."""
+"""Presets against the released configs (fairseq examples/data2vec/config/v2/*_only_task.yaml) and parameter
+counts of known architectures."""
 import dataclasses
 
 import pytest
 import torch
 
-from model.config import Data2Vec2Config, get_config
+from model.config import Data2Vec2Config
+from model.presets import get_config
 from model.data2vec2 import Data2Vec2
 from model.summary import summarize
 
@@ -72,7 +74,7 @@ def test_large_presets_match_vit_l_roberta_large_and_d2v_audio_large():
     assert 310e6 < _encoder_count(speech) < 320e6  # wav2vec 2.0 / data2vec large: ~315M
 
 
-# spec section 4: (depth+prenet, D, K, M, mask R/A/B, inverse, decoder layers/dim/kernel/groups, EMA, cls, scale)
+# the released configs: (depth+prenet, D, K, M, mask R/A/B, inverse, decoder layers/dim/kernel/groups, EMA, cls, scale)
 RELEASED = {
     ("image", "base"): (10, 2, 768, 10, 16, 0.80, 0.07, 3, True, 6, 768, 3, 16, 0.9998, 0.99999, 100_000, 0.01, None),
     ("image", "large"): (24, 0, 1024, 18, 16, 0.75, 0.10, 3, True, 3, 1024, 5, 16, 0.9998, 0.99999, 150_000, 0.01,

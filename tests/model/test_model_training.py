@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from model.config import get_config
+from model.presets import get_config
 from model.data2vec2 import Data2Vec2
 from model_synthetic import batch_for
 
