@@ -6,9 +6,7 @@ For `scratch` there is a single fine-tune from random weights at pretraining tim
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -19,6 +17,7 @@ from typing import Any
 from pipeline import paths
 from pipeline.errors import UserInputError
 from pipeline.finetune.tasks import DEFAULT_TASK
+from pipeline.train.pipes import PipesReport, without_pipes
 
 # A second curve where the task metric cannot move at a small budget: greedy CTC decoding emits nothing (WER 1.0)
 # for hundreds of updates, while the test CTC loss already orders the encoders.
@@ -64,11 +63,6 @@ def record(metrics: dict[str, Any], modality: str, method: str, preset: str, bat
     }
 
 
-def child_env() -> dict[str, str]:
-    """The fine-tuning runs report to the sweep, not to Dagster: the sweep is the asset Pipes launched."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("DAGSTER_PIPES_")}
-
-
 def clear(out: Path) -> None:
     """Remove an earlier sweep's runs, so the folder (a DVC out) holds only this sweep's."""
     for path in [*out.glob("budget-*"), out / "scratch", out / "curve.json"]:
@@ -78,14 +72,15 @@ def clear(out: Path) -> None:
             path.unlink()
 
 
-def curve_table(records: list[dict[str, Any]]) -> str:
-    metrics = list(dict.fromkeys(r["metric"] for r in records))
-    by_checkpoint: dict[str, dict[str, Any]] = {}
-    for r in records:
-        by_checkpoint.setdefault(r["checkpoint"], {**r})[r["metric"]] = r["value"]
-    rows = "".join(f"| {r['pretrain_seconds']:.1f} | {r['pretrain_updates']} | " + " | ".join(f"{r[m]:.4f}" for m in metrics)
-                   + f" | {r['checkpoint']} |\n" for r in by_checkpoint.values())
-    return (f"| pretraining seconds | updates | {' | '.join(metrics)} | checkpoint |\n|---|---|{'---|' * len(metrics)}---|\n{rows}")
+def finetune_command(args: argparse.Namespace, task: str, checkpoint: str, run_dir: Path) -> list[str]:
+    """`python -m pipeline finetune` of one checkpoint (`none`: scratch) into `run_dir`, with the sweep's flags."""
+    cmd = [sys.executable, "-m", "pipeline", "finetune", "--modality", args.modality, "--checkpoint", checkpoint,
+           "--task", task, "--out", str(run_dir), "--nproc", str(args.nproc), "--device", args.device,
+           "--params", str(args.params), "--fresh"]
+    cmd += ["--workers", str(args.workers)] if args.workers is not None else []
+    cmd += ["--label-fraction", str(args.label_fraction)] if args.label_fraction is not None else []
+    cmd += ["--max-updates", str(args.max_updates)] if args.max_updates is not None else []
+    return cmd + (["--no-progress"] if args.no_progress else [])
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -109,45 +104,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         preset, batch_size = config["preset"], config["batch_size"]
         if (pretrain_dir / "summary.json").exists():
             effective = json.loads((pretrain_dir / "summary.json").read_text()).get("effective_batch")
-    pipes = None
-    with contextlib.ExitStack() as stack:
-        if os.environ.get("DAGSTER_PIPES_CONTEXT"):
-            from dagster_pipes import open_dagster_pipes
-
-            pipes = stack.enter_context(open_dagster_pipes())
-        out.mkdir(parents=True, exist_ok=True)
-        clear(out)
-        records, run_dir = [], out
-        for fraction, checkpoint in points:
-            run_dir = out / ("scratch" if checkpoint == "none" else f"budget-{fraction:g}")
-            cmd = [sys.executable, "-m", "pipeline", "finetune", "--modality", args.modality, "--checkpoint", checkpoint,
-                   "--task", task, "--out", str(run_dir), "--nproc", str(args.nproc), "--device", args.device,
-                   "--params", str(args.params), "--fresh"]
-            cmd += ["--workers", str(args.workers)] if args.workers is not None else []
-            cmd += ["--label-fraction", str(args.label_fraction)] if args.label_fraction is not None else []
-            cmd += ["--max-updates", str(args.max_updates)] if args.max_updates is not None else []
-            cmd += ["--no-progress"] if args.no_progress else []
-            message = f"sweep {args.modality}/{args.method}: fine-tuning {checkpoint}"
-            print(message, file=sys.stderr, flush=True)
-            if pipes:
-                pipes.log.info(message)
-            result = subprocess.run(cmd, env=child_env())
-            if result.returncode != 0:
-                raise UserInputError(f"fine-tuning {checkpoint} failed (exit {result.returncode}); see the log above")
-            metrics = json.loads((run_dir / "metrics.json").read_text())
-            records.append(record(metrics, args.modality, args.method, preset, batch_size, effective))
-            secondary = SECONDARY_METRICS.get(args.modality)
-            if secondary in (metrics.get("metrics") or {}):
-                records.append({**records[-1], "metric": secondary, "value": metrics["metrics"][secondary]})
-            if pipes:
-                pipes.log.info(f"{checkpoint}: test {metrics['metric']} {metrics['value']:.4f}")
-        atomic_write_json(out / "curve.json", records)
-        if pipes:
-            from pipeline.finetune.stage import dagster_metadata
-
-            metadata = dagster_metadata(run_dir, json.loads((run_dir / "summary.json").read_text()))
-            metadata["curve"] = {"raw_value": curve_table(records), "type": "md"}
-            metadata["path"] = {"raw_value": str(out), "type": "path"}
-            pipes.report_asset_materialization(metadata=metadata)
+    pipes = PipesReport()  # under Dagster, the sweep is the asset; its fine-tuning runs report to it, not to Dagster
+    out.mkdir(parents=True, exist_ok=True)
+    clear(out)
+    records, run_dir = [], out
+    for fraction, checkpoint in points:
+        run_dir = out / ("scratch" if checkpoint == "none" else f"budget-{fraction:g}")
+        message = f"sweep {args.modality}/{args.method}: fine-tuning {checkpoint}"
+        print(message, file=sys.stderr, flush=True)
+        pipes.log(message)
+        result = subprocess.run(finetune_command(args, task, checkpoint, run_dir), env=without_pipes())
+        if result.returncode != 0:
+            raise UserInputError(f"fine-tuning {checkpoint} failed (exit {result.returncode}); see the log above")
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        records.append(record(metrics, args.modality, args.method, preset, batch_size, effective))
+        secondary = SECONDARY_METRICS.get(args.modality)
+        if secondary in (metrics.get("metrics") or {}):
+            records.append({**records[-1], "metric": secondary, "value": metrics["metrics"][secondary]})
+        pipes.log(f"{checkpoint}: test {metrics['metric']} {metrics['value']:.4f}")
+    atomic_write_json(out / "curve.json", records)
+    final = next(r for r in reversed(records) if r["metric"] == records[0]["metric"])
+    pipes.materialize({"metric": final["metric"], "value": final["value"], "checkpoints": len(points),
+                       "path": out, "final_run": run_dir})
     return {"curve": str(out / "curve.json"), "metric": records[0]["metric"],
             "points": [(r["pretrain_seconds"], r["value"]) for r in records if r["metric"] == records[0]["metric"]]}

@@ -5,7 +5,7 @@ Same engine as pretraining: `python -m pipeline finetune ...` outside torchrun r
 torchrun (pipeline/pretrain/stage.py `launch`); global batches are a pure function of (seed, update) (pipeline/
 shard_reader.py), so 1 and N processes train on the same samples; last.pt resumes exactly; a NaN/Inf loss
 stops the run (exit 3) keeping the last good checkpoint; rank 0 shows progress and writes metrics.jsonl,
-TensorBoard events and, under Dagster Pipes, reports the result.
+TensorBoard events and, under Dagster Pipes, reports the summary (pipeline/train/pipes.py).
 
 Outputs in `--out` (default models/<modality>/<method>/finetune/<task>[-linear_probe][-f<fraction>]/):
 config.json, last.pt, best.pt (best validation score), metrics.jsonl, tb/, loss_curve.png, summary.json,
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UserInputError
-from pipeline.train.log import TrainLog, md_image
+from pipeline.train.log import TrainLog
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -91,43 +91,6 @@ def lr_lambda(cfg):
     if cfg.schedule == "polynomial":
         return lambda u: polynomial_factor(u, cfg.warmup_updates, cfg.max_updates)
     return lambda u: lr_factor(u, cfg.warmup_updates, cfg.max_updates, cfg.min_lr / cfg.lr if cfg.lr else 0.0)
-
-
-def dagster_metadata(out: Path, summary: dict[str, Any]) -> dict[str, Any]:
-    """Dagster metadata (Pipes raw form) of a finished fine-tuning run in `out`: the test metric, the
-    confusion matrix or sample transcriptions, and the loss curve. Also used by the sweep for its last run."""
-    result = summary["result"]
-    metadata: dict[str, Any] = {"metric": result["metric"], "value": result["value"], "split": result["split"],
-                                "finetune_updates": result["finetune_updates"], "finetune_seconds": result["finetune_seconds"],
-                                "labeled_samples": summary["labeled_samples"], "stop_reason": summary["stop_reason"]}
-    metadata[result["metric"]] = result["value"]
-    metadata["metrics"] = {"raw_value": {k: v for k, v in result["metrics"].items() if k != "confusion_matrix"}, "type": "json"}
-    metadata["path"] = {"raw_value": str(out), "type": "path"}
-    if (out / "confusion_matrix.png").exists():
-        metadata["confusion_matrix"] = md_image(out / "confusion_matrix.png", "confusion matrix")
-    samples = out / "samples.json"
-    if samples.exists():
-        rows = json.loads(samples.read_text())[:10]
-        table = "| reference | hypothesis |\n|---|---|\n" + "".join(
-            f"| {r['reference']} | {r['hypothesis'] or '(empty)'} |\n" for r in rows)
-        metadata["samples"] = {"raw_value": table, "type": "md"}
-    if (out / "loss_curve.png").exists():
-        metadata["loss_curve"] = md_image(out / "loss_curve.png", "loss")
-    return metadata
-
-
-class FinetuneLog(TrainLog):
-    """TrainLog (progress, metrics.jsonl, TensorBoard under finetune/, loss curve, Pipes logs) whose Dagster
-    report is the downstream result: the metric, the confusion matrix or sample transcriptions."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, tb_prefix="finetune", **kwargs)
-
-    def report_to_dagster(self, summary: dict[str, Any]) -> None:
-        metadata = dagster_metadata(self.out, summary)
-        self.pipes.report_asset_materialization(metadata=metadata)
-        with contextlib.suppress(Exception):
-            self._pipes_cm.__exit__(None, None, None)
 
 
 def train(args: argparse.Namespace) -> dict[str, Any]:
@@ -236,8 +199,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                     "pretrained": origin, "labeled_samples": len(pool), "effective_batch": effective,
                     "device": str(d.device), "precision": str(dtype or "fp32")}
         resolved = json.loads(json.dumps(resolved, default=str))
-        log = FinetuneLog(out, d.is_main, progress=not args.no_progress, total=cfg.max_updates, initial=state["update"],
-                          desc=f"finetune {modality}/{method}/{task.name}", title=f"{modality} {method} -> {task.name} ({cfg.mode})")
+        log = TrainLog(out, d.is_main, progress=not args.no_progress, total=cfg.max_updates, initial=state["update"],
+                       desc=f"finetune {modality}/{method}/{task.name}", title=f"{modality} {method} -> {task.name} ({cfg.mode})",
+                       tb_prefix="finetune")
         if d.is_main:
             (out / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
             log.info(f"{method} {origin['preset']} encoder -> {task.name} ({cfg.mode}): {len(pool)} labeled samples, "

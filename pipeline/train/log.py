@@ -1,16 +1,16 @@
 """What a training run shows and leaves behind (rank 0 only): a progress bar with loss, throughput and ETA;
-metrics.jsonl; TensorBoard events; loss_curve.png; summary.json; and, when launched by Dagster Pipes, log
-lines and the final materialization metadata sent back to Dagster."""
+metrics.jsonl; TensorBoard events; loss_curve.png; summary.json; and, when launched through Dagster Pipes,
+log lines and the summary's numbers sent back (pipeline/train/pipes.py)."""
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
+
+from pipeline.train.pipes import PipesReport
 
 
 def loss_curve_png(records: list[dict[str, Any]], path: Path, title: str) -> None:
@@ -31,11 +31,16 @@ def loss_curve_png(records: list[dict[str, Any]], path: Path, title: str) -> Non
 
 
 class TrainLog:
+    """The run's log on rank 0 (on other ranks every method does nothing).
+
+    `total`/`initial`: the update budget and the update the run starts from (a resumed run keeps the records up
+    to `initial` and rewrites the rest); `desc`: the progress bar's label; `title`: the loss curve's title;
+    `tb_prefix`: the TensorBoard tag prefix (`pretrain/loss`, `finetune/loss`, ...)."""
+
     def __init__(self, out: Path, is_main: bool, progress: bool, total: int, initial: int, desc: str, title: str,
                  tb_prefix: str = "pretrain"):
         self.out, self.is_main, self.title, self.tb_prefix = out, is_main, title, tb_prefix
         self.bar = self.tb = self.pipes = None
-        self._pipes_cm = None
         if not is_main:
             return
         out.mkdir(parents=True, exist_ok=True)
@@ -45,11 +50,7 @@ class TrainLog:
         self.tb = SummaryWriter(str(out / "tb"))
         self._keep_records_up_to(initial)  # a resumed run rewrites what came after its checkpoint
         self.metrics = open(out / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115 (closed in finish)
-        if os.environ.get("DAGSTER_PIPES_CONTEXT"):
-            from dagster_pipes import open_dagster_pipes
-
-            self._pipes_cm = open_dagster_pipes()
-            self.pipes = self._pipes_cm.__enter__()
+        self.pipes = PipesReport()
 
     def _keep_records_up_to(self, update: int) -> None:
         kept = [r for r in self.records() if r["update"] <= update]
@@ -59,8 +60,7 @@ class TrainLog:
         if not self.is_main:
             return
         tqdm.write(message, file=sys.stderr)
-        if self.pipes:
-            self.pipes.log.info(message)
+        self.pipes.log(message)
 
     def step(self, record: dict[str, Any]) -> None:
         if self.bar is not None:
@@ -76,14 +76,16 @@ class TrainLog:
         for key, value in record.items():
             if key != "update" and isinstance(value, (int, float)):
                 self.tb.add_scalar(f"{self.tb_prefix}/{key}", value, record["update"])
-        if self.pipes:
-            self.pipes.log.info(f"update {record['update']}: loss {record['loss']:.4f}, {record['samples_per_s']:.1f} samples/s")
+        self.pipes.log(f"update {record['update']}: loss {record['loss']:.4f}, {record['samples_per_s']:.1f} samples/s")
 
     def records(self) -> list[dict[str, Any]]:
         path = self.out / "metrics.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
     def finish(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """Close the files; add final_loss, samples_per_s and tokens_per_s (of the last record) to `summary`;
+        draw loss_curve.png; write summary.json; under Pipes, report the summary's plain values and the folder.
+        Returns `summary`."""
         if not self.is_main:
             return summary
         self.bar.close()
@@ -95,25 +97,7 @@ class TrainLog:
             summary.update(final_loss=last["loss"], samples_per_s=last["samples_per_s"], tokens_per_s=last["tokens_per_s"])
             loss_curve_png(records, self.out / "loss_curve.png", self.title)
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        if self.pipes:
-            self.report_to_dagster(summary)
+        # the numbers and the folder; the asset adds the loss curve and the rest from the folder (assets/metadata.py)
+        self.pipes.materialize({**{k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool))},
+                                "path": self.out})
         return summary
-
-    def report_to_dagster(self, summary: dict[str, Any]) -> None:
-        metadata: dict[str, Any] = {k: summary[k] for k in ("final_loss", "samples_per_s", "tokens_per_s", "updates", "train_seconds")
-                                    if summary.get(k) is not None}
-        metadata["stop_reason"] = summary["stop_reason"]
-        metadata["effective_batch"] = {"raw_value": summary["effective_batch"], "type": "json"}
-        metadata["path"] = {"raw_value": str(self.out), "type": "path"}
-        if (self.out / "loss_curve.png").exists():
-            metadata["loss_curve"] = md_image(self.out / "loss_curve.png", "loss")
-        self.pipes.report_asset_materialization(metadata=metadata)
-        with contextlib.suppress(Exception):
-            self._pipes_cm.__exit__(None, None, None)
-
-
-def md_image(path: Path, alt: str) -> dict[str, str]:
-    """A PNG as Dagster Pipes markdown metadata (embedded; keep it small, metadata lives in the event log)."""
-    import base64
-
-    return {"raw_value": f"![{alt}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})", "type": "md"}

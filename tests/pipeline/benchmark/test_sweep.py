@@ -2,7 +2,7 @@
 import pytest
 
 from pipeline.errors import UserInputError
-from pipeline.benchmark.sweep import budget_checkpoints, child_env, clear, record
+from pipeline.benchmark.sweep import budget_checkpoints, clear, record
 
 
 def test_budget_checkpoints_in_fraction_order(tmp_path):
@@ -21,13 +21,6 @@ def test_clear_removes_only_an_earlier_sweep(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     clear(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
-
-
-def test_fine_tuning_runs_do_not_report_to_dagster(monkeypatch):
-    monkeypatch.setenv("DAGSTER_PIPES_CONTEXT", "x")
-    monkeypatch.setenv("DAGSTER_PIPES_MESSAGES", "y")
-    env = child_env()
-    assert "DAGSTER_PIPES_CONTEXT" not in env and "DAGSTER_PIPES_MESSAGES" not in env and "PATH" in env
 
 
 def test_record_follows_the_metrics_schema():
