@@ -2,12 +2,9 @@
 modality; reports/throughput/<modality>.json) and `benchmark_report` (reports/benchmark.md + .html, plots,
 metrics.json, headline.json) from every fine-tuning sweep. Both run the same functions as their DVC stages
 (`throughput_<modality>`, `benchmark_report`), in the step's process."""
-import re
-from pathlib import Path
-
 import dagster as dg
 
-from assets.metadata import png_markdown, table
+from assets.metadata import report_metadata, throughput_metadata
 
 
 class ThroughputConfig(dg.Config):
@@ -43,11 +40,9 @@ def build_throughput_asset(modality: str, upstream: list) -> dg.AssetsDefinition
                          "--params", config.params_path)
         result = run(args)
         records = result["records"] if "records" in result else [result]
-        rows = [{"method": r["method"], "device": r["device"], "samples/s": f"{r['train_samples_per_s']:.1f}",
-                 "tokens/s": f"{r['train_tokens_per_s']:.0f}", "MFU": f"{100 * r['mfu']:.2f}%",
-                 "loader samples/s": f"{r['loader_samples_per_s']:.1f}"} for r in records]
-        context.log.info(f"{modality} throughput: {rows}")
-        return dg.MaterializeResult(metadata={"throughput": table(rows), "path": dg.MetadataValue.path(str(out))})
+        context.log.info(f"{modality} throughput: " + ", ".join(f"{r['method']} {r['train_samples_per_s']:.1f} samples/s, "
+                                                                 f"MFU {100 * r['mfu']:.2f}%" for r in records))
+        return dg.MaterializeResult(metadata=throughput_metadata(records, out))
 
     return throughput
 
@@ -62,16 +57,7 @@ def build_report_asset(upstream: list) -> dg.AssetsDefinition:
         from pipeline.benchmark.report import run
 
         result = run(_cli_args("report"))
-        markdown = Path(result["report"]).read_text(encoding="utf-8")
-        metadata = {
-            "report": dg.MetadataValue.md(re.sub(r"^!\[[^\]]*\]\(plots/[^)]*\)\n", "", markdown, flags=re.M)),
-            "records": result["records"],
-            "statements": dg.MetadataValue.md("\n".join(f"- {s}" for s in result["statements"]) or "_none_"),
-            "path": dg.MetadataValue.path(result["report"]),
-        }
-        for png in sorted(Path(result["report"]).parent.joinpath("plots").glob("*.png")):
-            metadata[f"plot_{png.stem}"] = png_markdown(png.read_bytes(), png.stem)
         context.log.info(f"benchmark report: {result['records']} records -> {result['report']}")
-        return dg.MaterializeResult(metadata=metadata)
+        return dg.MaterializeResult(metadata=report_metadata(result))
 
     return benchmark_report

@@ -1,8 +1,8 @@
 """Data assets per modality: `<m>/raw` -> `<m>/shards` -> `<m>/tokenizer` (text, speech), with checks.
 
-Thin by design: each asset resolves its config, calls one pipeline stage (the same function its DVC stage
-runs through the CLI) and reports metadata. pipeline/ is imported inside the asset bodies so loading the code
-location stays fast and never imports torch.
+Thin by design: each asset resolves its config, calls one pipeline stage in the step's process (the same
+function its DVC stage runs through the CLI) and reports metadata (assets/metadata.py). pipeline/ is imported
+inside the asset bodies so loading the code location stays fast and never imports torch.
 """
 
 import hashlib
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets.metadata import png_markdown, table
+from assets.metadata import shards_metadata, tokenizer_metadata
 
 TOKENIZED = ("text", "speech")
 
@@ -47,27 +47,12 @@ def build_data_assets(modality: str) -> tuple[list[dg.AssetsDefinition], list[dg
               metadata={"dvc_stage": f"shard@{modality}", "path": str(paths.shards_dir(modality))})
     def shards(context: dg.AssetExecutionContext, config: StageConfig) -> dg.MaterializeResult:
         from pipeline import config as P
-        from pipeline.data import preview
         from pipeline.data.shard import shard
 
         cfg = P.section(P.load(config.params_path), P.Shard, modality, "shard")
         index = shard(modality, None, None, cfg, progress=config.progress)
         out = paths.shards_dir(modality)
-        splits = index["splits"]
-        metadata = {
-            "num_samples": index["num_samples"],
-            "num_shards": sum(len(s["shards"]) for s in splits.values()),
-            "bytes": sum(sh["bytes"] for s in splits.values() for sh in s["shards"]),
-            "num_skipped": len(index["skipped"]),
-            "splits": table([{"split": k, "samples": v["num_samples"], "shards": len(v["shards"])} for k, v in splits.items()]),
-            "skipped": table(index["skipped"][:50]),
-        }
-        if modality == "image":
-            metadata["preview"] = png_markdown(preview.image_grid_png(out), "first training images")
-        elif modality == "speech":
-            metadata["preview"] = table(preview.speech_examples(out, 5, "train") + preview.speech_examples(out, 3, "test"))
-        else:
-            metadata["preview"] = table(preview.text_examples(out, 5))
+        metadata = shards_metadata(modality, index, out)
         context.log.info(f"{metadata['num_samples']} samples in {metadata['num_shards']} shards, {metadata['num_skipped']} skipped")
         return dg.MaterializeResult(metadata=metadata, data_version=_file_version(out / "index.json"))
 
@@ -97,32 +82,34 @@ def _tokenizer_asset(modality: str, shards: dg.AssetsDefinition):
               metadata={"dvc_stage": f"tokenizer@{modality}", "path": str(paths.tokenizer_path(modality))})
     def tokenizer(context: dg.AssetExecutionContext, config: StageConfig) -> dg.MaterializeResult:
         from pipeline import config as P
-        from pipeline.data import preview
         from pipeline.data.tokenizer import load, train_tokenizer
 
         summary = train_tokenizer(modality, P.load(config.params_path))
         tok = load(paths.tokenizer_path(modality))
-        examples = [r["text"] if modality == "text" else r["transcript"]
-                    for r in (preview.text_examples if modality == "text" else preview.speech_examples)(paths.shards_dir(modality), 3)]
-        rows = [{"text": t[:80], "tokens": " ".join(tok.encode(t).tokens[:24])} for t in examples]
-        return dg.MaterializeResult(
-            metadata={"vocab_size": summary["vocab_size"], "specials": dg.MetadataValue.json(summary["specials"]), "examples": table(rows)},
-            data_version=_file_version(paths.tokenizer_path(modality)),
-        )
+        return dg.MaterializeResult(metadata=tokenizer_metadata(summary, tok, _texts(modality, 3)),
+                                    data_version=_file_version(paths.tokenizer_path(modality)))
 
     @dg.asset_check(asset=tokenizer, blocking=True, description="decode(encode(x)) gives x back for validation samples.")
     def tokenizer_roundtrip() -> dg.AssetCheckResult:
-        from pipeline.data import preview
-        from pipeline.data.tokenizer import load, roundtrip_failures
+        from pipeline.data.tokenizer import WORD_BOUNDARY, load, roundtrip_failures
 
         tok = load(paths.tokenizer_path(modality))
-        shard_dir = paths.shards_dir(modality)
+        texts = _texts(modality, 50, "valid")
         if modality == "text":
-            texts = [r["text"] for r in preview.text_examples(shard_dir, 50, "valid", max_chars=None)]
             failures = roundtrip_failures(tok, texts)
-        else:
-            texts = [r["transcript"] for r in preview.speech_examples(shard_dir, 50, "valid")]
-            failures = roundtrip_failures(tok, texts, normalize=lambda s: " ".join(s.lower().split()))
+        else:  # CTC letters: decoding gives the transcript back as the tokenizer's own normalizer left it (case, spaces)
+            failures = roundtrip_failures(tok, texts, normalize=lambda s: tok.normalizer.normalize_str(s).replace(WORD_BOUNDARY, " "))
         return dg.AssetCheckResult(passed=not failures, metadata={"checked": len(texts), "failures": dg.MetadataValue.json(failures[:10])})
 
     return tokenizer, tokenizer_roundtrip
+
+
+def _texts(modality: str, count: int, split: str | None = None) -> list[str]:
+    """The first `count` texts (text) or transcripts (speech) of `split` (default: the training split)."""
+    from pipeline import paths
+    from pipeline.data import preview
+
+    shard_dir = paths.shards_dir(modality)
+    if modality == "text":
+        return [r["text"] for r in preview.text_examples(shard_dir, count, split, max_chars=None)]
+    return [r["transcript"] for r in preview.speech_examples(shard_dir, count, split)]

@@ -1,0 +1,55 @@
+"""What the UI shows of a training run, built from the run's folder after the stage has ended."""
+import json
+
+import dagster as dg
+
+from assets import metadata as md
+
+PNG = b"\x89PNG\r\n\x1a\n"  # embedding only base64-encodes the bytes
+
+
+def _finetune_run(out, samples=None):
+    out.mkdir(parents=True)
+    metrics = {"top1": 0.5, "loss": 1.2, "confusion_matrix": [[1, 0], [0, 1]]}
+    (out / "metrics.json").write_text(json.dumps({"metric": "top1", "value": 0.5, "split": "test", "metrics": metrics,
+                                                  "finetune_updates": 4, "finetune_seconds": 2.5}))
+    (out / "summary.json").write_text(json.dumps({"labeled_samples": 64, "stop_reason": "budget"}))
+    (out / "loss_curve.png").write_bytes(PNG)
+    if samples is None:
+        (out / "confusion_matrix.png").write_bytes(PNG)
+    else:
+        (out / "samples.json").write_text(json.dumps(samples))
+    return out
+
+
+def test_finetune_run_shows_its_metric_and_confusion_matrix_or_transcriptions(tmp_path):
+    image = md.finetune_metadata(_finetune_run(tmp_path / "image"))
+    assert (image["metric"], image["top1"], image["split"]) == ("top1", 0.5, "test")
+    assert "confusion_matrix" not in image["metrics"].value
+    assert "data:image/png;base64" in image["confusion_matrix"].value and "data:image/png;base64" in image["loss_curve"].value
+    speech = md.finetune_metadata(_finetune_run(tmp_path / "speech", [{"reference": "a cat", "hypothesis": ""}] * 20))
+    assert "confusion_matrix" not in speech
+    assert speech["samples"].value.count("| a cat | (empty) |") == md.SAMPLE_ROWS
+
+
+def test_sweep_shows_its_curve_and_the_full_budget_run(tmp_path):
+    run = _finetune_run(tmp_path / "budget-1")
+    rows = [{"checkpoint": f"budget-{f}.pt", "pretrain_seconds": s, "pretrain_updates": u, "metric": m, "value": v}
+            for f, s, u in ((0.5, 1.0, 2), (1, 2.0, 3)) for m, v in (("wer", 0.9), ("ctc_loss", 3.1))]
+    (tmp_path / "curve.json").write_text(json.dumps(rows))
+    metadata = md.sweep_metadata(tmp_path, run)
+    assert metadata["curve"].value.splitlines()[0] == "| pretraining seconds | updates | wer | ctc_loss | checkpoint |"
+    assert metadata["curve"].value.count("\n") == 4 and "| 2.0 | 3 | 0.9000 | 3.1000 | budget-1.pt |" in metadata["curve"].value
+    assert metadata["metric"] == "top1"
+
+
+def test_the_stage_report_is_kept_and_extended(tmp_path):
+    (tmp_path / "summary.json").write_text(json.dumps({"effective_batch": {"samples_per_update": 8}}))
+    (tmp_path / "loss_curve.png").write_bytes(PNG)
+    reported = dg.MaterializeResult(metadata={"final_loss": 1.5, "path": dg.MetadataValue.path(str(tmp_path))},
+                                    data_version=dg.DataVersion("v1"))
+    merged = md.merged(reported, md.pretrain_metadata(md.reported_path(reported)))
+    assert merged.metadata["final_loss"] == 1.5 and merged.data_version == dg.DataVersion("v1")
+    assert merged.metadata["effective_batch"].value == {"samples_per_update": 8}
+    assert "data:image/png;base64" in merged.metadata["loss_curve"].value
+    assert md.merged(reported, {"final_loss": 0.0}).metadata["final_loss"] == 1.5  # the stage's own numbers win
