@@ -22,6 +22,8 @@ help:
 	@echo "make ui     - set up, then open the Dagster UI on http://127.0.0.1:3000"
 	@echo "make repro  - set up, then reproduce everything with DVC (dvc repro)"
 	@echo "make setup  - apt packages + .venv (project) + .venv-dvc (DVC, kept apart: antlr4 conflict)"
+	@echo "make clean  - remove .venv, .venv-dvc and the set-up stamps (data/, models/, reports/ stay)"
+	@echo "Results: reports/benchmark.md. Docs: README.md, docs/. Every stage: .venv/bin/python -m pipeline --help"
 
 setup: apt venv dvc-env dagster-home
 

@@ -1,9 +1,11 @@
-"""The benchmark report: downstream score against pretraining wall-clock per modality and method (the seed's
+"""The benchmark report: downstream score against pretraining wall-clock per modality and method (the paper's
 figures), each method's best score and the time to reach it, data2vec 2.0's speed-up to reach each baseline's
 best, throughput and MFU, and where our numbers disagree with the paper. Written as reports/benchmark.md and a
 self-contained reports/benchmark.html (images embedded, no scripts), with the plots in reports/plots/.
+docs/benchmark.md describes the design and how to read the report.
 
-Input: reports/metrics.json, a list of records (shared/DESIGN.md):
+Input: reports/metrics.json, a list of records, one per (modality, method, budget checkpoint, task, metric)
+(pipeline/benchmark/sweep.py writes them into each sweep's curve.json):
   {modality, method, preset, pretrain_seconds, pretrain_updates, pretrain_samples, device, world_size,
    task, metric, value, split, git_commit, dvc_stage_hash}
 and reports/throughput/*.json (pipeline/benchmark/throughput.py records).
