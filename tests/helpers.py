@@ -16,6 +16,7 @@ DVC = REPO / ".venv-dvc" / "bin" / "dvc"
 # Small enough for seconds per stage, big enough that every split and task is non-empty.
 TINY_PARAMS = {
     "seed": 0,
+    "benchmark": yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))["benchmark"],  # the same methods and tasks
     "image": {"prepare": {"train_limit": 64, "test_limit": 16}, "shard": {"max_samples_per_shard": 40}},
     "speech": {
         "prepare": {"train_utterances": 6, "valid_utterances": 2, "test_utterances": 2, "sample_rate": 16000},
@@ -54,8 +55,14 @@ def write_params(path: Path, params: dict) -> Path:
 
 
 # dvc.lock: the committed one records the full-size run; a tiny-params copy writes its own
-COPY_IGNORE = shutil.ignore_patterns(".venv", ".venv-dvc", ".git", "dvc.lock", "data", "models", "reports", ".dagster_home",
-                                     "__pycache__", "*.egg-info", ".pytest_cache", ".setup-*.stamp", "tmp", "cache")
+_IGNORED_ANYWHERE = shutil.ignore_patterns(".venv", ".venv-dvc", ".git", "dvc.lock", ".dagster_home", "__pycache__",
+                                           "*.egg-info", ".pytest_cache", ".setup-*.stamp")
+_OUTPUT_FOLDERS = {"data", "models", "reports", "tmp", "cache"}  # at the top only: pipeline/data/ is code
+
+
+def COPY_IGNORE(directory: str, names: list[str]) -> set[str]:  # noqa: N802 (shutil.copytree's ignore=)
+    ignored = _IGNORED_ANYWHERE(directory, names)
+    return ignored | (_OUTPUT_FOLDERS & set(names)) if Path(directory) == REPO else ignored
 
 
 def run(cmd: list[str], cwd: Path, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
