@@ -1,7 +1,14 @@
-"""Typed views of params.yaml, the one place hyper-parameters and data sizes live."""
+"""params.yaml, the one place hyper-parameters and data sizes live: loading it, the one `merge` that turns its
+blocks into typed configs, the modalities, and what the benchmark runs per modality (`benchmark`).
+
+No torch here: the Dagster code location and DVC-facing code import this module at load time.
+"""
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -10,7 +17,94 @@ import yaml
 from pipeline.errors import UserInputError
 
 DEFAULT_PARAMS = Path("params.yaml")
+# The modalities of data2vec 2.0 (one encoder each; model/config.py names the same three for the model).
+MODALITIES = ("image", "speech", "text")
 T = TypeVar("T")
+Layer = tuple[str, Mapping[str, Any] | None]  # (where the values come from, for errors; the values)
+
+
+def load(path: Path | str = DEFAULT_PARAMS) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise UserInputError(f"{path}: params file not found; run from the repository root or pass --params PATH")
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f) or {}
+
+
+def seed(params: dict[str, Any]) -> int:
+    return int(params.get("seed", 0))
+
+
+def merge(base: T | type[T], *layers: Layer, inline: str | None = None) -> T:
+    """`base` (a dataclass instance, e.g. a released recipe, or a dataclass type: its defaults) with each layer
+    applied in order, later layers winning.
+
+    A layer is (source, values), source naming where the values come from ("params.yaml finetune.image").
+    A value for a field that is itself a dataclass (a section) is a mapping merged key by key into that section.
+    `inline` names a section whose keys may also be given at the top level of a layer, so params.yaml keeps one
+    flat block per modality. Lists become tuples where the field is a tuple.
+    Raises UserInputError naming the source and the known keys for an unknown key, and naming the missing keys
+    when a field without a default gets no value.
+    """
+    cls = base if isinstance(base, type) else type(base)
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    values = {} if isinstance(base, type) else {name: getattr(base, name) for name in names}
+    known = set(names)
+    routed: set[str] = set()
+    if inline:  # flat: the plain fields and the inline section's, no section given by name
+        routed = {f.name for f in dataclasses.fields(_section_type(hints[inline]))} - known
+        known = {name for name in names if _section_type(hints[name]) is None} | routed
+    for source, layer in layers:
+        layer = dict(layer or {})
+        unknown = sorted(set(layer) - known)
+        if unknown:
+            raise UserInputError(f"{source}: unknown key(s) {unknown}; known: {sorted(known)}")
+        inlined = {key: layer.pop(key) for key in routed & set(layer)}
+        if inlined:
+            layer[inline] = inlined
+        for key, value in layer.items():
+            section = _section_type(hints[key])
+            if section is not None and isinstance(value, Mapping):
+                current = values.get(key)
+                where = source if key == inline else f"{source}.{key}"
+                values[key] = merge(section if current is None else current, (where, value))
+            else:
+                values[key] = tuple(value) if isinstance(value, list) and _is_tuple(hints[key]) else value
+    missing = sorted(f.name for f in dataclasses.fields(cls) if f.name not in values
+                     and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+    if missing:
+        sources = ", ".join(source for source, _ in layers) or "the defaults"
+        raise UserInputError(f"{sources}: missing key(s) {missing} for {cls.__name__}")
+    return cls(**values)
+
+
+def _optional_args(hint: Any) -> tuple[Any, ...]:
+    """The types a hint allows: (X,) for X, (X, NoneType) for X | None."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return typing.get_args(hint)
+    return (hint,)
+
+
+def _section_type(hint: Any) -> type | None:
+    return next((t for t in _optional_args(hint) if dataclasses.is_dataclass(t)), None)
+
+
+def _is_tuple(hint: Any) -> bool:
+    return any(t is tuple or typing.get_origin(t) is tuple for t in _optional_args(hint))
+
+
+def section(params: dict[str, Any], cls: type[T], *keys: str) -> T:
+    """Dataclass `cls` from params.yaml params[keys[0]][keys[1]]...: missing keys take the defaults, unknown
+    keys are an error."""
+    node: Any = params
+    for key in keys:
+        node = (node or {}).get(key, {})
+    return merge(cls, (f"params.yaml {'.'.join(keys)}", node))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# data preparation, shards, tokenizers: params.yaml <modality>.prepare / .shard / .tokenizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,29 +151,37 @@ class SpeechTokenizer:
 
 
 PREPARE = {"image": ImagePrepare, "speech": SpeechPrepare, "text": TextPrepare}
-TOKENIZER = {"text": TextTokenizer, "speech": SpeechTokenizer}
+TOKENIZER = {"speech": SpeechTokenizer, "text": TextTokenizer}  # the modalities with a tokenizer
 
 
-def load(path: Path | str = DEFAULT_PARAMS) -> dict[str, Any]:
-    path = Path(path)
-    if not path.exists():
-        raise UserInputError(f"{path}: params file not found; run from the repository root or pass --params PATH")
-    with open(path, encoding="utf-8") as f:
-        return yaml.safe_load(f) or {}
+# ---------------------------------------------------------------------------------------------------------------
+# the benchmark: params.yaml benchmark.<modality>, read by dvc.yaml (foreach), the Dagster graph and the report
 
 
-def section(params: dict[str, Any], cls: type[T], *keys: str) -> T:
-    """Build dataclass `cls` from params[keys[0]][keys[1]]...; unknown keys are an error, missing keys take defaults."""
-    node: Any = params
-    for key in keys:
-        node = (node or {}).get(key, {})
-    node = node or {}
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(node) - names)
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Benchmark:
+    """What the benchmark runs for one modality."""
+
+    methods: tuple[str, ...]  # pretraining methods compared; each is fine-tuned on `task` (and so is `scratch`)
+    task: str  # the downstream task of every fine-tuning sweep
+    linear_probe: tuple[str, ...] = ()  # methods whose final encoder also gets a linear probe on `task`
+
+
+def benchmark(params: dict[str, Any] | None = None) -> dict[str, Benchmark]:
+    """params.yaml `benchmark`, per modality in MODALITIES order (`params` default: load ./params.yaml)."""
+    params = load() if params is None else params
+    if not params.get("benchmark"):
+        raise UserInputError("params.yaml: no `benchmark` block (benchmark.<modality>.methods, .task); see the "
+                             "repository's params.yaml")
+    node = params["benchmark"]
+    unknown = sorted(set(node) - set(MODALITIES))
     if unknown:
-        raise UserInputError(f"params.yaml {'.'.join(keys)}: unknown key(s) {unknown}; known: {sorted(names)}")
-    return cls(**node)
-
-
-def seed(params: dict[str, Any]) -> int:
-    return int(params.get("seed", 0))
+        raise UserInputError(f"params.yaml benchmark: unknown modality {unknown}; known: {list(MODALITIES)}")
+    runs = {m: merge(Benchmark, (f"params.yaml benchmark.{m}", node[m])) for m in MODALITIES if m in node}
+    for m, run in runs.items():
+        if not set(run.linear_probe) <= set(run.methods):
+            raise UserInputError(f"params.yaml benchmark.{m}.linear_probe: {list(run.linear_probe)} must be among "
+                                 f"its methods {list(run.methods)} (the probe reads their pretrained encoders)")
+        if run.linear_probe and m != "image":
+            raise UserInputError(f"params.yaml benchmark.{m}.linear_probe: the linear probe is defined for images only")
+    return runs

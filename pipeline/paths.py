@@ -1,7 +1,6 @@
-"""Default locations of pipeline outputs (shared/DESIGN.md "Paths"); every one is a DVC out, never in git."""
+"""Default locations of pipeline outputs; every one is a DVC out (dvc.yaml), never in git."""
 from pathlib import Path
 
-MODALITIES = ("image", "speech", "text")
 DATA = Path("data")
 
 
@@ -15,14 +14,6 @@ def shards_dir(modality: str) -> Path:
 
 def tokenizer_path(modality: str) -> Path:
     return DATA / "tokenizers" / modality / "tokenizer.json"
-
-# The pretraining methods the benchmark compares per modality: data2vec 2.0, data2vec 1.0 and the baseline the
-# paper compares against (plus `scratch`, fine-tuning from random weights, which has no pretraining).
-PRETRAIN_METHODS = {
-    "image": ("data2vec2", "data2vec1", "mae"),
-    "speech": ("data2vec2", "data2vec1", "wav2vec2"),
-    "text": ("data2vec2", "data2vec1", "mlm"),
-}
 
 
 def sweep_dir(modality: str, method: str, task: str) -> Path:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from model.heads import finetune_masks
 from pipeline.errors import UserInputError
-from pipeline.finetune.config import FinetuneConfig
+from pipeline.finetune.config import FinetuneConfig, ImageFinetune
 from pipeline.pretrain.data import decode_image, normalize_waveform, random_resized_crop, sample_generator
 from pipeline.data.shard_reader import IndexedShards
 
@@ -73,37 +73,37 @@ class LabeledBatches(torch.utils.data.Dataset):
     # ------------------------------------------------------------------------------------------------
 
     def _image_batch(self, update: int | None, ids: list[int], samples: list[dict]) -> dict[str, Any]:
-        cfg, size = self.cfg, self.model_cfg.image.input_size
-        mean = torch.tensor(cfg.image_mean).view(3, 1, 1)
-        std = torch.tensor(cfg.image_std).view(3, 1, 1)
+        cfg, aug, size = self.cfg, self.cfg.image, self.model_cfg.image.input_size
+        mean = torch.tensor(aug.mean).view(3, 1, 1)
+        std = torch.tensor(aug.std).view(3, 1, 1)
         images = []
         for i, sample in zip(ids, samples):
             img = decode_image(sample.get("png") or sample["jpg"])
             if update is None:
-                img = center_crop(img, size, cfg.eval_crop_ratio)
+                img = center_crop(img, size, aug.eval_crop_ratio)
             else:
                 gen = sample_generator(cfg.seed, update, i)
-                img = random_resized_crop(img, size, cfg.crop_scale, gen)
-                if cfg.hflip and torch.rand(1, generator=gen).item() < 0.5:
+                img = random_resized_crop(img, size, aug.crop_scale, gen)
+                if aug.hflip and torch.rand(1, generator=gen).item() < 0.5:
                     img = img.flip(-1)
             images.append((img - mean) / std)
         batch = {"image": torch.stack(images), "target": torch.tensor([int(s["cls"]) for s in samples])}
-        if update is not None and (cfg.mixup > 0 or cfg.cutmix > 0):
-            batch["image"], batch["target"] = mix_batch(batch["image"], batch["target"], self.num_classes, cfg,
+        if update is not None and (aug.mixup > 0 or aug.cutmix > 0):
+            batch["image"], batch["target"] = mix_batch(batch["image"], batch["target"], self.num_classes, aug,
                                                         sample_generator(cfg.seed, update, 10**12 + ids[0]))
         return batch
 
     def _speech_batch(self, update: int | None, ids: list[int], samples: list[dict]) -> dict[str, Any]:
-        cfg = self.cfg
+        cfg, ctc = self.cfg, self.cfg.speech
         waves = []
         for i, sample in zip(ids, samples):
             audio, rate = sf.read(io.BytesIO(sample["flac"]), dtype="float32")
             if rate != 16000:
                 raise UserInputError(f"speech sample {i} is {rate} Hz; shards must be 16 kHz (re-run `shard`)")
             wave = torch.from_numpy(audio)
-            if update is not None and len(wave) > cfg.max_sample_size:
-                start = int(torch.randint(0, len(wave) - cfg.max_sample_size + 1, (1,), generator=sample_generator(cfg.seed, update, i)))
-                wave = wave[start : start + cfg.max_sample_size]
+            if update is not None and len(wave) > ctc.max_sample_size:
+                start = int(torch.randint(0, len(wave) - ctc.max_sample_size + 1, (1,), generator=sample_generator(cfg.seed, update, i)))
+                wave = wave[start : start + ctc.max_sample_size]
             waves.append(normalize_waveform(wave))
         longest = max(len(w) for w in waves)
         audio = torch.zeros(len(waves), longest)
@@ -121,7 +121,7 @@ class LabeledBatches(torch.utils.data.Dataset):
             time_masks, channel_masks = [], []
             for i, wave in zip(ids, waves):
                 t, c = finetune_masks(_numpy_rng(cfg.seed, update, i), frames, speech.num_frames(len(wave)), dim,
-                                      cfg.mask_prob, cfg.mask_length, cfg.mask_channel_prob, cfg.mask_channel_length)
+                                      ctc.mask_prob, ctc.mask_length, ctc.mask_channel_prob, ctc.mask_channel_length)
                 time_masks.append(t)
                 channel_masks.append(c)
             batch["time_mask"] = torch.from_numpy(np.stack(time_masks))
@@ -158,7 +158,7 @@ def center_crop(img: torch.Tensor, size: int, ratio: float) -> torch.Tensor:
     return img
 
 
-def mix_batch(images: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg: FinetuneConfig,
+def mix_batch(images: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg: ImageFinetune,
               gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """timm Mixup in batch mode: with probability mix_prob, mix every image with the batch flipped, by
     mixup (Beta(a, a) blend) or cutmix (a box of area 1 - lambda), choosing cutmix with switch_prob when both

@@ -20,13 +20,14 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.config import MODALITIES
 from pipeline.errors import UserInputError
 
 NUM_SAMPLE_TRANSCRIPTS = 20
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--modality", required=True, choices=("image", "speech", "text"))
+    p.add_argument("--modality", required=True, choices=MODALITIES)
     p.add_argument("--checkpoint", required=True, type=Path, help="a fine-tuned checkpoint (best.pt or last.pt of `finetune`)")
     p.add_argument("--task", required=True, help="the task it was fine-tuned on (fashion_mnist, synth, lexname, fortune, or yours)")
     p.add_argument("--split", default="test", help="train, valid or test (the task's splits), or any split name in the shards")
@@ -184,7 +185,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
     from pipeline.train import checkpoint
 
     from pipeline.finetune import tasks as finetune_tasks
-    from pipeline.finetune.config import FinetuneConfig
+    from pipeline.finetune import config as finetune_config
     from pipeline.finetune.data import LabeledBatches
     from pipeline.finetune.model import build_encoder, build_task_model
     from pipeline.pretrain.stage import autocast_dtype
@@ -194,7 +195,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
     if "model" not in ckpt or "finetune" not in (ckpt.get("config") or {}):
         raise UserInputError(f"{args.checkpoint}: not a fine-tuned checkpoint (from `python -m pipeline finetune`)")
     conf = ckpt["config"]
-    cfg = FinetuneConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in conf["finetune"].items()})
+    cfg = finetune_config.from_dict(conf["finetune"])
     if cfg.modality != args.modality or cfg.task != args.task:
         raise UserInputError(f"{args.checkpoint}: fine-tuned for {cfg.modality} task {cfg.task!r}, not {args.modality} {args.task!r}")
     shards = args.shards or (Path(conf["task"]["shards"]) if conf["task"]["shards"] else None)

@@ -6,6 +6,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+# The metric a fine-tuning run selects best.pt by and the benchmark compares, per modality.
+PRIMARY_METRIC = {"image": "top1", "speech": "wer", "text": "accuracy"}
+# Error rates and losses: a smaller value is better (every other metric: larger).
+LOWER_IS_BETTER = frozenset({"wer", "cer", "loss", "ctc_loss"})
+
 
 def confusion_matrix(targets: Sequence[int], predictions: Sequence[int], num_classes: int) -> np.ndarray:
     """(C, C) counts: row = true class, column = predicted class."""

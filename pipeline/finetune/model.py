@@ -81,12 +81,14 @@ def build_task_model(cfg: FinetuneConfig, encoder, num_outputs: int):
     if cfg.modality == "image":
         if cfg.mode == "finetune" and cfg.drop_path:
             set_drop_path(encoder, cfg.drop_path)
-        return ImageClassifier(encoder, num_outputs, linear_probe=cfg.mode == "linear_probe", label_smoothing=cfg.label_smoothing)
+        return ImageClassifier(encoder, num_outputs, linear_probe=cfg.mode == "linear_probe",
+                               label_smoothing=cfg.image.label_smoothing)
     if cfg.drop_path:
         set_drop_path(encoder, cfg.drop_path)
     if cfg.modality == "speech":
-        return SpeechCTC(encoder, num_outputs, blank=0, final_dropout=cfg.final_dropout, mask_noise_std=cfg.mask_noise_std)
-    return TextClassifier(encoder, num_outputs, pooler_dropout=cfg.pooler_dropout)
+        return SpeechCTC(encoder, num_outputs, blank=0, final_dropout=cfg.speech.final_dropout,
+                         mask_noise_std=cfg.speech.mask_noise_std)
+    return TextClassifier(encoder, num_outputs, pooler_dropout=cfg.text.pooler_dropout)
 
 
 def speech_vocab_size(tokenizer_path: Path) -> int:

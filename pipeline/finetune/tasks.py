@@ -20,7 +20,6 @@ from pipeline import paths
 from pipeline.errors import UserInputError
 
 EMBEDDED_TASKS = {"image": ("fashion_mnist",), "speech": ("synth",), "text": ("lexname", "fortune")}
-DEFAULT_TASK = {"image": "fashion_mnist", "speech": "synth", "text": "lexname"}  # what the demo assets/stages run
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,133 @@
+"""params.yaml into typed configs: the one merge (layers, unknown keys, tuples, sections), the released recipes,
+and the benchmark lists DVC, Dagster and the report read."""
+import dataclasses
+
+import pytest
+import yaml
+
+from helpers import REPO
+from pipeline import config as P
+from pipeline.errors import UserInputError
+from pipeline.finetune import config as finetune_config
+from pipeline.pretrain import config as pretrain_config
+
+
+@dataclasses.dataclass(kw_only=True)
+class Section:
+    size: int
+    scale: tuple[float, float] = (0.5, 1.0)
+
+
+@dataclasses.dataclass(kw_only=True)
+class Config:
+    lr: float
+    betas: tuple[float, float] = (0.9, 0.999)
+    limit: int | None = None
+    shape: tuple[int, ...] | None = None
+    image: Section | None = None
+
+
+def test_later_layers_win_and_earlier_values_stay():
+    cfg = P.merge(Config(lr=1.0, limit=3), ("a", {"lr": 2.0}), ("b", {"lr": 3.0, "betas": [0.8, 0.9]}), ("c", None))
+    assert (cfg.lr, cfg.betas, cfg.limit) == (3.0, (0.8, 0.9), 3)
+
+
+def test_lists_become_tuples_where_the_field_is_a_tuple():
+    cfg = P.merge(Config, ("params.yaml x", {"lr": 1.0, "shape": [2, 3], "betas": [0.1, 0.2]}))
+    assert cfg.shape == (2, 3) and cfg.betas == (0.1, 0.2)
+    assert P.merge(Config, ("x", {"lr": 1.0, "shape": None})).shape is None
+
+
+def test_unknown_key_names_the_source_and_the_known_keys():
+    with pytest.raises(UserInputError) as e:
+        P.merge(Config(lr=1.0), ("params.yaml pretrain.image", {"lrr": 2.0}))
+    assert str(e.value) == ("params.yaml pretrain.image: unknown key(s) ['lrr']; "
+                            "known: ['betas', 'image', 'limit', 'lr', 'shape']")
+
+
+def test_missing_required_key_is_named():
+    with pytest.raises(UserInputError, match=r"params.yaml x: missing key\(s\) \['lr'\] for Config"):
+        P.merge(Config, ("params.yaml x", {"limit": 1}))
+
+
+def test_sections_merge_key_by_key_nested_or_inline():
+    base = Config(lr=1.0, image=Section(size=4))
+    nested = P.merge(base, ("checkpoint", {"image": {"scale": [0.2, 1.0]}}))
+    assert nested.image == Section(size=4, scale=(0.2, 1.0))
+    inline = P.merge(base, ("params.yaml finetune.image", {"lr": 2.0, "size": 8}), inline="image")
+    assert (inline.lr, inline.image) == (2.0, Section(size=8))
+    with pytest.raises(UserInputError, match=r"params.yaml finetune.image.image: unknown key\(s\) \['sizee'\]"):
+        P.merge(base, ("params.yaml finetune.image", {"image": {"sizee": 1}}))
+    with pytest.raises(UserInputError, match=r"unknown key\(s\) \['image'\]; known: \['betas', 'limit', 'lr', "
+                                             r"'scale', 'shape', 'size'\]"):
+        P.merge(base, ("params.yaml finetune.image", {"image": {"size": 1}}), inline="image")  # flat blocks stay flat
+
+
+def test_section_reads_a_params_subtree():
+    params = {"image": {"shard": {"max_samples_per_shard": 7}}}
+    assert P.section(params, P.Shard, "image", "shard") == P.Shard(max_samples_per_shard=7)
+    assert P.section({}, P.Shard, "image", "shard") == P.Shard()
+    with pytest.raises(UserInputError, match=r"params.yaml image.shard: unknown key"):
+        P.section({"image": {"shard": {"max_sample": 1}}}, P.Shard, "image", "shard")
+
+
+@pytest.mark.parametrize("modality", P.MODALITIES)
+def test_released_recipes_are_complete_and_only_the_modality_section_is_set(modality):
+    for cfg in (pretrain_config.released(modality), finetune_config.released(modality, "task")):
+        sections = {m: getattr(cfg, m) for m in P.MODALITIES}
+        assert sections[modality] is not None and [s for m, s in sections.items() if m != modality] == [None, None]
+        assert cfg.preset == "base"
+
+
+def test_pretrain_layers_seed_block_then_command_line():
+    params = {"seed": 5, "pretrain": {"speech": {"lr": 0.1, "crop_samples": 24000, "betas": [0.9, 0.9]}}}
+    cfg = pretrain_config.build("speech", "wav2vec2", params, {"lr": 0.2})
+    assert (cfg.seed, cfg.lr, cfg.betas, cfg.speech.crop_samples, cfg.method) == (5, 0.2, (0.9, 0.9), 24000, "wav2vec2")
+    assert cfg.warmup_updates == pretrain_config.released("speech").warmup_updates
+    with pytest.raises(UserInputError, match=r"params.yaml pretrain.image: unknown key\(s\) \['crop_samples'\]"):
+        pretrain_config.build("image", "mae", params | {"pretrain": {"image": {"crop_samples": 1}}})
+
+
+def test_finetune_modality_keys_go_to_the_modality_section():
+    params = {"finetune": {"speech": {"mask_prob": 0.3, "lr": 0.5}, "image": {"mixup": 0.2}}}
+    speech = finetune_config.build("speech", "synth", "finetune", params)
+    assert (speech.lr, speech.speech.mask_prob, speech.speech.freeze_updates, speech.image) == (0.5, 0.3, 10_000, None)
+    assert finetune_config.build("image", "fashion_mnist", "finetune", params).image.mixup == 0.2
+    with pytest.raises(UserInputError, match=r"params.yaml finetune.text: unknown key\(s\) \['mask_prob'\]"):
+        finetune_config.build("text", "lexname", "finetune", {"finetune": {"text": {"mask_prob": 0.3}}})
+    with pytest.raises(UserInputError, match=r"finetune.image.linear_probe: unknown key\(s\) \['lrr'\]"):
+        finetune_config.build("image", "fashion_mnist", "finetune", {"finetune": {"image": {"linear_probe": {"lrr": 1}}}})
+
+
+def test_a_finetune_config_survives_its_checkpoint_dict():
+    cfg = finetune_config.build("image", "fashion_mnist", "linear_probe", {"finetune": {"image": {"crop_scale": [0.3, 1.0]}}})
+    assert finetune_config.from_dict(dataclasses.asdict(cfg)) == cfg
+
+
+def test_the_repository_params_build_every_config():
+    params = P.load(REPO / "params.yaml")
+    for modality in P.MODALITIES:
+        pretrain_config.build(modality, "data2vec2", params)
+        finetune_config.build(modality, "t", "finetune", params)
+    finetune_config.build("image", "t", "linear_probe", params)
+
+
+def test_benchmark_lists_come_from_params_yaml():
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    runs = P.benchmark(params)
+    assert list(runs) == list(P.MODALITIES)
+    assert runs["image"] == P.Benchmark(methods=("data2vec2", "data2vec1", "mae"), task="fashion_mnist",
+                                        linear_probe=("data2vec2",))
+    assert (runs["speech"].task, runs["text"].methods[-1]) == ("synth", "mlm")
+    with pytest.raises(UserInputError, match="linear_probe"):
+        P.benchmark({"benchmark": {"image": {"methods": ["mae"], "task": "t", "linear_probe": ["data2vec2"]}}})
+    with pytest.raises(UserInputError, match=r"missing key\(s\) \['task'\]"):
+        P.benchmark({"benchmark": {"text": {"methods": ["mlm"]}}})
+    with pytest.raises(UserInputError, match="no `benchmark` block"):
+        P.benchmark({})
+
+
+def test_modalities_are_the_models():
+    from model.config import MODALITIES
+
+    assert P.MODALITIES == MODALITIES
