@@ -24,8 +24,9 @@ def _cli_args(*argv: str):
 
 def build_throughput_asset(modality: str, upstream: list) -> dg.AssetsDefinition:
     from pipeline import paths
+    from pipeline.config import benchmark
 
-    methods = paths.PRETRAIN_METHODS[modality]
+    methods = benchmark()[modality].methods
     out = paths.throughput_path(modality)
 
     @dg.asset(key=[modality, "throughput"], group_name=modality, deps=upstream, kinds={"pytorch"},

@@ -7,7 +7,7 @@ import dagster as dg
 from assets.benchmark import build_report_asset, build_throughput_asset
 from assets.data import build_data_assets
 from assets.training import build_linear_probe_asset, build_pretrain_asset, build_sweep_asset
-from pipeline.paths import MODALITIES, PRETRAIN_METHODS
+from pipeline.config import MODALITIES, benchmark
 
 
 def modality_assets(modality: str) -> tuple[list[dg.AssetsDefinition], list[dg.AssetChecksDefinition]]:
@@ -17,11 +17,11 @@ def modality_assets(modality: str) -> tuple[list[dg.AssetsDefinition], list[dg.A
     tokenizer = [by_name["tokenizer"]] if "tokenizer" in by_name else []
     finetune_inputs = [by_name["shards"], *tokenizer]  # speech fine-tunes on CTC letters
     pretrain_inputs = [by_name["shards"], *(tokenizer if modality == "text" else [])]  # speech pretrains on audio alone
-    pretrained = {m: build_pretrain_asset(modality, m, pretrain_inputs) for m in PRETRAIN_METHODS[modality]}
+    run = benchmark()[modality]  # params.yaml benchmark.<modality>, which dvc.yaml's stage families run over
+    pretrained = {m: build_pretrain_asset(modality, m, pretrain_inputs) for m in run.methods}
     sweeps = [build_sweep_asset(modality, m, [*finetune_inputs, p]) for m, p in pretrained.items()]
     sweeps.append(build_sweep_asset(modality, "scratch", finetune_inputs))
-    probes = [build_linear_probe_asset(modality, "data2vec2", [*finetune_inputs, pretrained["data2vec2"]])] \
-        if modality == "image" else []
+    probes = [build_linear_probe_asset(modality, m, [*finetune_inputs, pretrained[m]]) for m in run.linear_probe]
     throughput = build_throughput_asset(modality, pretrain_inputs)
     return [*data, *pretrained.values(), *sweeps, *probes, throughput], checks
 

@@ -16,7 +16,7 @@ import dagster as dg
 
 from assets import metadata as md
 from pipeline import paths
-from pipeline.finetune.tasks import DEFAULT_TASK  # the demo task per modality, as in dvc.yaml (no torch import)
+from pipeline.config import benchmark  # params.yaml benchmark.<modality>.task, as in dvc.yaml (no torch import)
 from pipeline.pretrain.stage import default_out  # stdlib imports only at module level: no torch when assets/ loads
 
 
@@ -67,7 +67,7 @@ def build_pretrain_asset(modality: str, method: str, upstream: list) -> dg.Asset
 
 
 def build_sweep_asset(modality: str, method: str, upstream: list) -> dg.AssetsDefinition:
-    task = DEFAULT_TASK[modality]
+    task = benchmark()[modality].task
     stage = f"finetune_scratch_{modality}" if method == "scratch" else f"finetune_{modality}@{method}"
     out = str(paths.sweep_dir(modality, method, task))
     origin = ("a freshly initialized encoder (scratch baseline)" if method == "scratch"
@@ -88,7 +88,7 @@ def build_sweep_asset(modality: str, method: str, upstream: list) -> dg.AssetsDe
 def build_linear_probe_asset(modality: str, method: str, upstream: list) -> dg.AssetsDefinition:
     from pipeline.finetune.stage import default_out as finetune_out
 
-    task = DEFAULT_TASK[modality]
+    task = benchmark()[modality].task
     stage = f"linear_probe_{modality}@{method}"
     out = str(finetune_out(modality, method, task, "linear_probe", 1.0))
     checkpoint = str(default_out(modality, method) / "last.pt")

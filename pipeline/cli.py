@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from pipeline.errors import UserInputError
-from pipeline.paths import MODALITIES
+from pipeline.config import MODALITIES, TOKENIZER
 
 EPILOG = "Hyper-parameters and data sizes come from params.yaml (see --params). Outputs land under data/ (DVC-tracked)."
 
@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = stages.add_parser("tokenizer", help="train a tokenizer on the training split of the shards",
                           description="Train data/tokenizers/<modality>/tokenizer.json: byte-level BPE for text, "
                           "a character vocabulary for speech transcripts (CTC).")
-    p.add_argument("--modality", required=True, choices=("text", "speech"))
+    p.add_argument("--modality", required=True, choices=tuple(TOKENIZER))
     p.add_argument("--shards", type=Path, help="shard folder (default: data/shards/<modality>)")
     p.add_argument("--out", type=Path, help="tokenizer.json path (default: data/tokenizers/<modality>/tokenizer.json)")
     _common(p)

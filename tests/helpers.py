@@ -16,6 +16,7 @@ DVC = REPO / ".venv-dvc" / "bin" / "dvc"
 # Small enough for seconds per stage, big enough that every split and task is non-empty.
 TINY_PARAMS = {
     "seed": 0,
+    "benchmark": yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))["benchmark"],  # the same methods and tasks
     "image": {"prepare": {"train_limit": 64, "test_limit": 16}, "shard": {"max_samples_per_shard": 40}},
     "speech": {
         "prepare": {"train_utterances": 6, "valid_utterances": 2, "test_utterances": 2, "sample_rate": 16000},

@@ -19,9 +19,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from pipeline.finetune.metrics import LOWER_IS_BETTER
 from pipeline.io import git_state
 
-LOWER_IS_BETTER = {"wer", "cer", "loss", "ctc_loss"}
 METHOD_ORDER = ["data2vec2", "data2vec1", "mae", "wav2vec2", "mlm", "scratch"]
 # The paper's headline speed-ups of data2vec 2.0 over the baseline it names (arXiv 2212.07525, abstract).
 PAPER_CLAIMS = {
@@ -339,15 +339,15 @@ def headline_metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def benchmark_curves() -> list[Path]:
-    """The sweeps of the benchmark (every method of pipeline/paths.py PRETRAIN_METHODS and scratch, on each modality's
-    demo task) that exist; the ones missing are named on stderr. Other sweeps: pass them with --curves."""
+    """The sweeps of the benchmark (every method of params.yaml benchmark.<modality>.methods and scratch, on the
+    modality's benchmark task) that exist; the ones missing are named on stderr. Other sweeps: pass them with --curves."""
     import sys
 
+    from pipeline import config as P
     from pipeline import paths
-    from pipeline.finetune.tasks import DEFAULT_TASK
 
-    expected = [paths.sweep_dir(m, method, DEFAULT_TASK[m]) / "curve.json"
-                for m, methods in paths.PRETRAIN_METHODS.items() for method in (*methods, "scratch")]
+    expected = [paths.sweep_dir(m, method, run.task) / "curve.json"
+                for m, run in P.benchmark().items() for method in (*run.methods, "scratch")]
     missing = [str(p) for p in expected if not p.exists()]
     if missing:
         print(f"report: {len(missing)} of {len(expected)} benchmark sweeps not run yet, left out: {', '.join(missing)}", file=sys.stderr)

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import paths
+from pipeline.config import MODALITIES
 from pipeline.errors import UserInputError
-from pipeline.finetune.tasks import DEFAULT_TASK
 from pipeline.train.pipes import PipesReport, without_pipes
 
 # A second curve where the task metric cannot move at a small budget: greedy CTC decoding emits nothing (WER 1.0)
@@ -26,9 +26,9 @@ BUDGET = re.compile(r"^budget-(?P<fraction>[0-9.]+)\.pt$")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--modality", required=True, choices=("image", "speech", "text"))
+    p.add_argument("--modality", required=True, choices=MODALITIES)
     p.add_argument("--method", required=True, help="pretraining method whose budget checkpoints to fine-tune, or scratch")
-    p.add_argument("--task", help="downstream task (default: fashion_mnist / synth / lexname)")
+    p.add_argument("--task", help="downstream task (default: params.yaml benchmark.<modality>.task)")
     p.add_argument("--pretrain-dir", type=Path, help="default: models/<modality>/<method>/pretrain")
     p.add_argument("--out", type=Path, help="default: models/<modality>/<method>/sweep/<task>")
     p.add_argument("--label-fraction", type=float, help="default: params.yaml finetune.<modality>")
@@ -85,17 +85,18 @@ def finetune_command(args: argparse.Namespace, task: str, checkpoint: str, run_d
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from pipeline import config as P
+    from pipeline.finetune import config as finetune_config
     from pipeline.train.checkpoint import load
     from pipeline.pretrain.stage import default_out
     from pipeline.io import atomic_write_json
 
-    task = args.task or DEFAULT_TASK[args.modality]
-    out = args.out or paths.sweep_dir(args.modality, args.method, task)
     params = P.load(args.params)
+    task = args.task or P.benchmark(params)[args.modality].task
+    out = args.out or paths.sweep_dir(args.modality, args.method, task)
     effective = None
     if args.method == "scratch":
         points: list[tuple[float, str]] = [(0.0, "none")]
-        preset = (params.get("finetune", {}).get(args.modality) or {}).get("preset", "tiny")
+        preset = finetune_config.build(args.modality, task, "finetune", params).preset
         batch_size = None
     else:
         pretrain_dir = args.pretrain_dir or default_out(args.modality, args.method)

@@ -17,10 +17,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipeline.config import MODALITIES
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--modality", required=True, choices=("image", "speech", "text"))
+    p.add_argument("--modality", required=True, choices=MODALITIES)
     p.add_argument("--method", nargs="+", default=["data2vec2"], help="one or more pretraining methods (default: data2vec2)")
+    p.add_argument("--benchmark-methods", action="store_true",
+                   help="every method of params.yaml benchmark.<modality>.methods (instead of --method)")
     p.add_argument("--preset", help="tiny, base or large (default: params.yaml pretrain.<modality>.preset)")
     p.add_argument("--batch-size", type=int, help="samples per step (default: params.yaml pretrain.<modality>.batch_size)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -150,11 +154,13 @@ SAME_SETUP = ("modality", "method", "preset", "batch_size", "device", "precision
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    from pipeline import config as P
     from pipeline import paths
     from pipeline.io import atomic_write_json
 
     out = args.out or paths.throughput_path(args.modality)
-    measured = [measure(argparse.Namespace(**{**vars(args), "method": method})) for method in args.method]
+    methods = P.benchmark(P.load(args.params))[args.modality].methods if args.benchmark_methods else args.method
+    measured = [measure(argparse.Namespace(**{**vars(args), "method": method})) for method in methods]
     records = json.loads(out.read_text()) if out.exists() else []
     keys = {tuple(r[k] for k in SAME_SETUP) for r in measured}
     records = [r for r in records if tuple(r.get(k) for k in SAME_SETUP) not in keys] + measured

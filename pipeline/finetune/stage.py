@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipeline.config import MODALITIES
 from pipeline.errors import UserInputError
 from pipeline.train.log import TrainLog
 
@@ -34,7 +35,7 @@ from pipeline.train.log import TrainLog
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from pipeline.pretrain.stage import add_run_arguments
 
-    p.add_argument("--modality", required=True, choices=("image", "speech", "text"))
+    p.add_argument("--modality", required=True, choices=MODALITIES)
     p.add_argument("--checkpoint", required=True,
                    help="pretrained checkpoint (models/<modality>/<method>/pretrain/last.pt, budget-*.pt, ...) or `none` (scratch)")
     p.add_argument("--task", required=True, help="image: fashion_mnist; speech: synth; text: lexname or fortune; "
@@ -109,6 +110,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     from pipeline.finetune import tasks as finetune_tasks
     from pipeline import config as P
     from pipeline.finetune.evaluate import predict, result_record, score, write_results
+    from pipeline.finetune.metrics import LOWER_IS_BETTER
     from pipeline.finetune.data import LabeledBatches
     from pipeline.finetune.model import build_encoder, build_task_model, encoder_config, load_pretrained, speech_vocab_size
     from pipeline.train.optim import layer_decay_param_groups
@@ -209,7 +211,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                      f"lr {cfg.lr:g}, layer decay {cfg.layer_decay:g}")
 
         # unused parameters: the whole encoder while the CTC head trains alone, skipped blocks under layerdrop
-        find_unused = (modality == "speech" and cfg.freeze_updates > 0) or model_cfg.encoder.layerdrop > 0
+        find_unused = (modality == "speech" and cfg.speech.freeze_updates > 0) or model_cfg.encoder.layerdrop > 0
         ddp = DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None, find_unused_parameters=find_unused)
         workers = args.workers if args.workers is not None else default_workers(world)
         loader = make_loader(train_data, cfg, d.rank, world, state["update"], cfg.max_updates, workers)
@@ -231,7 +233,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             best = state["best_value"]
             if best is None:
                 return True
-            return value < best if cfg.metric in finetune_config.LOWER_IS_BETTER else value > best
+            return value < best if cfg.metric in LOWER_IS_BETTER else value > best
 
         stop_reason = "max_updates"
         window: list[dict[str, float]] = []
@@ -241,7 +243,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         model.train()
         for update, batch in _updates(loader, cfg.grad_accum):
             if modality == "speech":
-                model.freeze_encoder = update < cfg.freeze_updates
+                model.freeze_encoder = update < cfg.speech.freeze_updates
             totals: dict[str, float] = {}
             for k, mb in enumerate(batch):
                 mb = {key: v.to(d.device, non_blocking=True) for key, v in mb.items()}

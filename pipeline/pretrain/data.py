@@ -75,11 +75,11 @@ class PretrainBatches(torch.utils.data.Dataset):
 
     @property
     def block_size(self) -> int:
-        return self.cfg.text_block_size or self.model_cfg.text.max_positions
+        return self.cfg.text.block_size or self.model_cfg.text.max_positions
 
     @property
     def crop_samples(self) -> int:
-        return self.cfg.speech_crop_samples or self.model_cfg.speech.max_sample_size
+        return self.cfg.speech.crop_samples or self.model_cfg.speech.max_sample_size
 
     def tokens_per_sample(self, batch: dict[str, torch.Tensor]) -> int:
         key = {"image": "image", "speech": "audio", "text": "tokens"}[self.modality]
@@ -100,14 +100,14 @@ class PretrainBatches(torch.utils.data.Dataset):
 
     def _image_batch(self, update: int, ids: list[int]) -> dict[str, Any]:
         size = self.model_cfg.image.input_size
-        mean = torch.tensor(self.cfg.image_mean).view(3, 1, 1)
-        std = torch.tensor(self.cfg.image_std).view(3, 1, 1)
+        mean = torch.tensor(self.cfg.image.mean).view(3, 1, 1)
+        std = torch.tensor(self.cfg.image.std).view(3, 1, 1)
         images = []
         for i in ids:
             sample = self.shards[i]
             img = decode_image(sample.get("png") or sample["jpg"])
             gen = sample_generator(self.cfg.seed, update, i)
-            img = random_resized_crop(img, size, self.cfg.image_crop_scale, gen)
+            img = random_resized_crop(img, size, self.cfg.image.crop_scale, gen)
             if torch.rand(1, generator=gen).item() < 0.5:
                 img = img.flip(-1)
             images.append((img - mean) / std)

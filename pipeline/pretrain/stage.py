@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipeline.config import MODALITIES
 from pipeline.errors import UserInputError
 
 
@@ -37,7 +38,7 @@ def default_workers(nproc: int) -> int:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--modality", required=True, choices=("image", "speech", "text"))
+    p.add_argument("--modality", required=True, choices=MODALITIES)
     p.add_argument("--method", default="data2vec2",
                    help="data2vec2 (default), data2vec1, or the baseline of the modality: mae (image), wav2vec2 (speech), mlm (text)")
     p.add_argument("--preset", help="tiny, base or large (default: params.yaml pretrain.<modality>.preset)")

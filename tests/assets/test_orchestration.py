@@ -10,8 +10,10 @@ import pytest
 import yaml
 
 from helpers import DVC, REPO, VENV_BIN, run
-from pipeline.paths import PRETRAIN_METHODS
+from pipeline.config import benchmark, load
 from pipeline.data.shard_writer import verify_index
+
+PRETRAIN_METHODS = {m: b.methods for m, b in benchmark(load(REPO / "params.yaml")).items()}
 
 
 def test_definitions_load_with_expected_assets_and_jobs():
