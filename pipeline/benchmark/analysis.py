@@ -32,8 +32,9 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from pipeline.finetune.metrics import LOWER_IS_BETTER
+
 FLOORS = ("random_init", "raw_input")
-LOWER_IS_BETTER = frozenset({"wer", "cer", "loss", "ctc_loss"})
 REFERENCE = "data2vec2"
 GROUP_KEYS = ("modality", "protocol", "task", "metric", "split")
 
