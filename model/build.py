@@ -1,10 +1,11 @@
 """One entry point from a config to a model, for every pretraining method (trainers and fine-tuning use it).
 
-Every model has the same interface: `forward(batch) -> (loss, stats)`, `ema_step(update) -> float` (a no-op
-returning 1.0 for methods without a teacher), `teacher` (an unregistered EMA module or None),
-`extract_features(inputs, padding_mask=None, layer=None)` and `remove_pretraining_modules()`; and the
-encoder parameters carry the same names (`local_encoder.*`, `context_encoder.*`, `blocks.*`) whatever the
-method, so a fine-tuning run loads any method's checkpoint the same way.
+Every model is an `Encoder` (model/encoder.py) with the same interface: `forward(batch) -> (loss, stats)`,
+`ema_step(update) -> float` (a no-op returning 1.0 for methods without a teacher), `teacher` (an unregistered
+EMA module or None), `extract_features(inputs, padding_mask=None, layer=None)` and
+`remove_pretraining_modules()`; and the encoder parameters carry the same names (`local_encoder.*`,
+`context_encoder.*`, `blocks.*`) whatever the method, so a fine-tuning run loads any method's checkpoint the
+same way.
 
 Methods: data2vec2 and data2vec1 (`Data2Vec2`), and the baselines on the same encoder: mae (`MAE`, images),
 wav2vec2 (`Wav2Vec2`, speech), mlm (`MaskedLM`, text).

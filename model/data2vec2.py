@@ -5,12 +5,14 @@ Speech and Language" (Baevski et al., 2022, arXiv 2212.07525), following the off
 One training step (`forward`), in the paper's terms:
   1. local features: the modality's local encoder runs once per sample             (B, T, D)
   2. clone batch: M masked copies of every sample, each with its own mask           (B*M, T, D)
+     (images: an inverse block mask, the blocks chosen are the ones kept)
   3. student: encodes only the visible tokens (+ CLS for images)                    (B*M, [1+] T_keep, D)
   4. conv decoder: visible outputs + N(0, 0.01^2) noise tokens at the masked places (B*M, T, D)
   5. teacher (EMA, eval mode, no grad): the unmasked sample, once; top-K targets     (B, T, D)
   6. loss: L2 at masked positions, repeated targets, times 1/sqrt(D) (text: 1); plus the image CLS term
 
-Using the model from a trainer (single device code; see model/README.md):
+The encoder and the trainer interface are model/encoder.py's `Encoder`; the EMA teacher's parts, update and
+decay schedule are model/ema.py. Using the model from a trainer (single-device code):
   * optimizer over `model.parameters()`: the student only. The teacher is `model.teacher`, deliberately not a
     registered submodule, so it is outside `parameters()`, `state_dict()`, `train()` and DDP; `model.to()`
     moves it along. Checkpoint it separately: `model.teacher.state_dict()`.
@@ -23,30 +25,16 @@ Using the model from a trainer (single device code; see model/README.md):
 """
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from model.config import Data2Vec2Config
 from model.decoder import build_decoder
-from model.image_encoder import ImageContextEncoder, PatchEmbed
-from model.masking import MaskInfo, make_mask, num_masked
-from model.speech_encoder import SpeechContextEncoder, SpeechLocalEncoder
-from model.text_encoder import TextContextEncoder, TextEmbedding
-from model.transformer import forward_blocks, make_blocks
-
-INPUT_KEYS = {"image": "image", "speech": "audio", "text": "tokens"}
-
-
-def build_modality_encoders(cfg: Data2Vec2Config) -> tuple[nn.Module, nn.Module]:
-    """(local encoder, context encoder) for cfg.modality."""
-    if cfg.modality == "image":
-        return PatchEmbed(cfg.image, cfg.embed_dim), ImageContextEncoder(cfg.image, cfg.encoder)
-    if cfg.modality == "speech":
-        return SpeechLocalEncoder(cfg.speech, cfg.embed_dim), SpeechContextEncoder(cfg.speech, cfg.encoder)
-    return TextEmbedding(cfg.text, cfg.encoder), TextContextEncoder(cfg.text, cfg.encoder)
+from model.ema import ema_decay_at, ema_update, make_teacher
+from model.encoder import Encoder, bert_init
+from model.masking import MaskInfo
+from model.transformer import forward_blocks
 
 
 def instance_norm(x: torch.Tensor, padding_mask: torch.Tensor | None = None, eps: float = 1e-5) -> torch.Tensor:
@@ -74,104 +62,32 @@ def token_std(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(var + 1e-6).mean()
 
 
-def draw_masks(model: nn.Module, batch_size: int, input_length: int) -> torch.Tensor:
-    """Masks for a batch that came without them (standalone use). ids count through the batches seen since the
-    last optimizer step, so accumulation micro-batches get different masks and a resumed run (same
-    num_updates) the same ones."""
-    ids = torch.arange(batch_size) + batch_size * model._batches_since_update
-    model._batches_since_update += 1
-    return make_mask(model.cfg, model.cfg.seed, model.num_updates, ids, input_length)
+class Data2Vec2(Encoder):
+    pretraining_modules = ("decoder",)
 
-
-def bert_init(module: nn.Module) -> None:
-    """fairseq init_bert_params on Linear and Embedding: N(0, 0.02), zero bias, zero padding row."""
-    for m in module.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Embedding):
-            nn.init.normal_(m.weight, std=0.02)
-            if m.padding_idx is not None:
-                nn.init.zeros_(m.weight[m.padding_idx])
-
-
-def local_features(
-    model: nn.Module, source: torch.Tensor, padding_mask: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The modality's local encoder, for any method's model: raw input -> (B, T, D) and frame padding or None."""
-    if model.cfg.modality == "speech":
-        return model.local_encoder(source, padding_mask)
-    if padding_mask is not None:
-        raise ValueError(f"{model.cfg.modality} takes no padding_mask (text derives it from pad tokens)")
-    return model.local_encoder(source)
-
-
-def encoder_features(
-    model: nn.Module, inputs: torch.Tensor, padding_mask: torch.Tensor | None = None, layer: int | None = None
-) -> dict[str, torch.Tensor | None]:
-    """Unmasked encoder features of any method's model (same encoder parts): for fine-tuning.
-
-    inputs: images (B, 3, H, W), audio (B, S) with optional padding_mask (B, S), or tokens (B, T).
-    layer: index of the main block whose output to return (negative counts from the end); None = last.
-    Returns x (B, T, D) per patch/frame/token (CLS removed), cls (B, D) or None, padding_mask (B, T) or None.
-    """
-    local, padding_mask = model.local_features(inputs, padding_mask)
-    x, padding_mask, attn_mask = model.context_encoder(local, None, padding_mask)
-    depth = len(model.blocks)
-    num_blocks = depth if layer is None else layer % depth + 1
-    x, _ = forward_blocks(model.blocks, x, attn_mask, layerdrop=model.layerdrop, num_blocks=num_blocks)
-    if model.norm is not None and num_blocks == depth:
-        x = model.norm(x)
-    extra = model.cfg.num_extra_tokens
-    return {"x": x[:, extra:], "cls": x[:, 0] if extra else None, "padding_mask": padding_mask}
-
-
-class Data2Vec2(nn.Module):
     def __init__(self, cfg: Data2Vec2Config):
-        super().__init__()
-        self.cfg = cfg
-        depth = cfg.encoder.depth
-        # student: local encoder -> context encoder (positions, masking, extra tokens, prenet) -> blocks -> decoder
-        self.local_encoder, self.context_encoder = build_modality_encoders(cfg)
-        start, end = cfg.encoder.start_drop_path_rate, cfg.encoder.end_drop_path_rate
-        drop_path = [start + (end - start) * i / max(depth - 1, 1) for i in range(depth)]  # linear ramp
-        self.blocks = make_blocks(cfg.encoder, depth, drop_path)
-        self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.encoder.norm_eps) if cfg.encoder.layer_norm_first else None
+        super().__init__(cfg)  # the student's encoder: local encoder, context encoder, blocks, norm
         grid = (cfg.image.grid_size, cfg.image.grid_size) if cfg.modality == "image" else None
         self.decoder = build_decoder(cfg.decoder, cfg.embed_dim, grid)
         # data2vec 1.0: masked local features are replaced by a learned vector (text uses the <mask> token)
         self.mask_embedding = None
         if not cfg.remove_masked and cfg.modality != "text":
             self.mask_embedding = nn.Parameter(torch.empty(cfg.embed_dim).uniform_())
-        self.layerdrop = cfg.encoder.layerdrop
         self._init_weights()
-
-        # teacher: EMA copy of the parts in cfg.ema_scope, stored outside the registered modules (see module doc)
-        object.__setattr__(self, "teacher", self._make_teacher())
-        self.num_updates = 0
-        self._batches_since_update = 0  # for masks drawn without a precomputed batch["mask"]
+        # teacher: EMA copy of the parts in cfg.ema_scope, stored outside the registered modules (model/ema.py)
+        object.__setattr__(self, "teacher", make_teacher(self, cfg.ema_scope))
 
     def _init_weights(self) -> None:
         # BERT init (fairseq init_bert_params) for Linear and Embedding; the patch-embed conv keeps its
         # xavier init, the audio CNN its kaiming init, the other convs PyTorch defaults; then the decoder and
-        # audio projection Linear layers go back to PyTorch defaults, as in fairseq.
+        # audio projection Linear layers go back to PyTorch defaults, as in fairseq. The order of these draws
+        # from the global RNG fixes the initial weights of a seed: keep it.
         bert_init(self)
         for m in self.decoder.modules():
             if isinstance(m, nn.Linear):
                 m.reset_parameters()
         if self.cfg.modality == "speech":
             self.local_encoder.proj.reset_parameters()
-
-    def _make_teacher(self) -> nn.ModuleDict:
-        parts = {"blocks": self.blocks}
-        if self.cfg.ema_scope in ("all", "encoder"):
-            parts["context_encoder"] = self.context_encoder
-        if self.cfg.ema_scope == "all":
-            parts["local_encoder"] = self.local_encoder
-        teacher = copy.deepcopy(nn.ModuleDict(parts))
-        teacher.requires_grad_(False)
-        return teacher.eval()  # eval for good: no dropout, no layerdrop; model.train() does not reach it
 
     def _apply(self, fn, recurse=True):
         # .to() / .cuda() / .float() reach the unregistered teacher too
@@ -183,19 +99,11 @@ class Data2Vec2(nn.Module):
     # ------------------------------------------------------------------------------------------------
     # student
 
-    def local_features(
-        self, source: torch.Tensor, padding_mask: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Raw input -> local features (B, T, D) and padding mask (B, T) (True = pad) or None."""
-        return local_features(self, source, padding_mask)
-
     def forward_student(
         self, local: torch.Tensor, keep: MaskInfo | None, padding_mask: torch.Tensor | None
     ) -> torch.Tensor:
         """Local features (N, T, D) -> student encoder output (N, extra + T_keep, D) for the visible tokens."""
-        x, _, attn_mask = self.context_encoder(local, keep, padding_mask)
-        x, _ = forward_blocks(self.blocks, x, attn_mask, layerdrop=self.layerdrop)
-        return x if self.norm is None else self.norm(x)
+        return self.encode(local, keep, padding_mask)[0]
 
     def forward_decoder(self, x: torch.Tensor, keep: MaskInfo) -> torch.Tensor:
         """Student output (N, extra + T_keep, D) -> predictions at every position (N, T, D)."""
@@ -236,18 +144,16 @@ class Data2Vec2(nn.Module):
             y = instance_norm(y, padding_mask)
         return y
 
-    @torch.no_grad()
     def ema_step(self, update: int) -> float:
         """theta_teacher <- tau * theta_teacher + (1 - tau) * theta_student; call after optimizer.step().
 
         update: optimizer updates done so far (1 after the first step). Returns tau. No update runs once
         tau >= 1 (fairseq `set_num_updates`).
         """
-        self.num_updates = update
-        self._batches_since_update = 0
+        super().ema_step(update)
         decay = self.ema_decay_at(update)
         if decay < 1:
-            self._update_teacher(decay)
+            ema_update(self.teacher, self, decay)
         return decay
 
     def reset_teacher(self) -> None:
@@ -256,30 +162,11 @@ class Data2Vec2(nn.Module):
         Under DDP, call it after wrapping (DDP broadcasts rank 0's student) unless every rank built the model
         from the same seed or a checkpointed teacher is loaded.
         """
-        self._update_teacher(0.0)
-
-    @torch.no_grad()
-    def _update_teacher(self, decay: float) -> None:
-        # EMA of the trained parameters; frozen student parameters and all buffers are copied (fairseq EMAModule)
-        teacher_params, student_params = [], []
-        for name, t in self.teacher.named_parameters():  # the teacher's names are the student's names
-            s = self.get_parameter(name)
-            if s.requires_grad and decay > 0:
-                teacher_params.append(t)
-                student_params.append(s.detach().to(t.dtype))
-            else:
-                t.copy_(s)
-        if teacher_params:
-            torch._foreach_lerp_(teacher_params, student_params, 1 - decay)  # t + (1 - tau) * (s - t)
-        for name, t in self.teacher.named_buffers():
-            t.copy_(self.get_buffer(name))
+        ema_update(self.teacher, self, 0.0)
 
     def ema_decay_at(self, update: int) -> float:
-        """Linear anneal from ema_decay to ema_end_decay over ema_anneal_end_step updates, then constant."""
-        cfg = self.cfg
-        if update >= cfg.ema_anneal_end_step:
-            return cfg.ema_end_decay
-        return cfg.ema_end_decay - (cfg.ema_end_decay - cfg.ema_decay) * (1 - update / cfg.ema_anneal_end_step)
+        """tau after `update` updates: ema_decay -> ema_end_decay over ema_anneal_end_step, then constant."""
+        return ema_decay_at(update, self.cfg.ema_decay, self.cfg.ema_end_decay, self.cfg.ema_anneal_end_step)
 
     # ------------------------------------------------------------------------------------------------
     # loss
@@ -295,17 +182,12 @@ class Data2Vec2(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         cfg = self.cfg
-        source = batch[INPUT_KEYS[cfg.modality]]
+        source = self.source(batch)
         M = cfg.mask.clone_batch
 
         local, padding_mask = self.local_features(source, batch.get("padding_mask"))  # (B, T, D), (B, T)
-        B, T, _ = local.shape
-        mask = batch.get("mask")
-        if mask is None:
-            mask = self._draw_masks(B, source.shape[-1])
-        if tuple(mask.shape) != (B * M, T):
-            raise ValueError(f"mask must be (B*clone_batch, T) = {(B * M, T)}, got {tuple(mask.shape)}")
-        keep = MaskInfo.from_mask(mask.to(local.device), num_masked(cfg.mask, T))
+        T = local.shape[1]
+        keep = self.mask_info(batch, T)  # (B*M, T) masks, sample-major: clone index varies fastest
         clone_padding = None if padding_mask is None else padding_mask.repeat_interleave(M, 0)  # (B*M, T)
 
         if cfg.remove_masked:  # data2vec 2.0: the clone batch, visible tokens only, conv decoder over noise
@@ -350,20 +232,3 @@ class Data2Vec2(nn.Module):
             # place of the whole embedding would erase the position of every masked token)
             return self.local_encoder(source.masked_fill(mask, self.cfg.text.mask_idx))[0]
         return torch.where(mask.unsqueeze(-1), self.mask_embedding.to(local.dtype), local)
-
-    def _draw_masks(self, batch_size: int, input_length: int) -> torch.Tensor:
-        return draw_masks(self, batch_size, input_length)
-
-    # ------------------------------------------------------------------------------------------------
-    # downstream use
-
-    def extract_features(
-        self, inputs: torch.Tensor, padding_mask: torch.Tensor | None = None, layer: int | None = None
-    ) -> dict[str, torch.Tensor | None]:
-        """Unmasked student features for fine-tuning (see `encoder_features`)."""
-        return encoder_features(self, inputs, padding_mask, layer)
-
-    def remove_pretraining_modules(self) -> None:
-        """Drop the teacher and the decoder (fine-tuning keeps the encoder only)."""
-        self.decoder = None
-        object.__setattr__(self, "teacher", None)

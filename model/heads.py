@@ -1,16 +1,20 @@
 """Fine-tuning models: a task head on a data2vec 2.0 encoder (pretrained or freshly initialized). Pure PyTorch,
 single device, no I/O; like the pretraining models, `forward(batch)` returns `(loss, stats)` and DDP, AMP and
-the optimizer are applied from outside (pipeline/finetune/stage.py). Recipes: shared/reference/data2vec2-spec.md §5.
+the optimizer are applied from outside (pipeline/finetune/stage.py). Recipes follow fairseq's data2vec 2.0
+fine-tuning code:
 
-  ImageClassifier  patch tokens (B, L, D) -> mean over patches (CLS dropped) -> fc_norm LayerNorm -> Linear (§5.1)
+  ImageClassifier  patch tokens (B, L, D) -> mean over patches (CLS dropped) -> fc_norm LayerNorm -> Linear
+                   (fairseq examples/data2vec/models/mae_image_classification.py)
                    linear_probe=True: frozen encoder in eval mode, BatchNorm1d (no affine) -> Linear (MAE linprobe)
-  SpeechCTC        frames (B, T, D) -> dropout -> Linear(D -> letters), CTC loss with blank 0 (§5.2); the conv
-                   feature extractor is frozen; time masks (noise) and channel masks (zeros) on the local
-                   features while training; `freeze_encoder` trains the head alone (freeze_finetune_updates)
-  TextClassifier   the <s> token (B, D) -> dropout -> dense -> tanh -> dropout -> out_proj (RoBERTa head, §5.3)
+  SpeechCTC        frames (B, T, D) -> dropout -> Linear(D -> letters), CTC loss with blank 0 (fairseq
+                   models/wav2vec/wav2vec2_asr.py `Wav2VecCtc`); the conv feature extractor is frozen; time
+                   masks (noise) and channel masks (zeros) on the local features while training;
+                   `freeze_encoder` trains the head alone (freeze_finetune_updates)
+  TextClassifier   the <s> token (B, D) -> dropout -> dense -> tanh -> dropout -> out_proj (fairseq
+                   examples/data2vec/models/data2vec_text_classification.py, RoBERTa's classification head)
 
-Encoder interface used (model/build.py): `extract_features(inputs, padding_mask=None)`, `local_features`,
-`context_encoder`, `blocks`, `norm`, `layerdrop`, and `remove_pretraining_modules()` already called.
+Encoder interface used (model/encoder.py `Encoder`): `extract_features(inputs, padding_mask=None)`,
+`local_features`, `encode`, `context_encoder.blocks`, `blocks`, and `remove_pretraining_modules()` already called.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.transformer import DropPath, forward_blocks
+from model.transformer import DropPath
 
 
 def encoder_blocks(encoder: nn.Module) -> list[nn.Module]:
@@ -59,7 +63,7 @@ class ImageClassifier(nn.Module):
             # MAE linear probing: BatchNorm without affine in front of the linear layer (features are not normalized)
             self.fc_norm = nn.BatchNorm1d(dim, affine=False, eps=1e-6)
         else:
-            self.fc_norm = nn.LayerNorm(dim, eps=1e-6)  # post-LN encoders have no final norm (spec §9.8)
+            self.fc_norm = nn.LayerNorm(dim, eps=1e-6)  # post-LN encoders have no final norm to pool after
         self.head = _trunc_normal_head(nn.Linear(dim, num_classes))
 
     def train(self, mode: bool = True) -> "ImageClassifier":
@@ -180,11 +184,7 @@ class SpeechCTC(nn.Module):
             x = torch.where(time_mask[:, : x.shape[1], None], fill, x)
         if channel_mask is not None:
             x = x.masked_fill(channel_mask[:, None, :], 0.0)
-        x, frame_padding, attn_mask = enc.context_encoder(x, None, frame_padding)
-        x, _ = forward_blocks(enc.blocks, x, attn_mask, layerdrop=getattr(enc, "layerdrop", 0.0))
-        if getattr(enc, "norm", None) is not None:
-            x = enc.norm(x)
-        return x, frame_padding
+        return enc.encode(x, None, frame_padding)
 
     def log_probs(self, batch: dict[str, torch.Tensor], masks: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-frame log-probabilities (B, T, V) in fp32 and the number of real frames per row (B,)."""

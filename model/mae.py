@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from model.baseline import BaselineModel
 from model.config import Data2Vec2Config, MAEConfig, TransformerConfig
+from model.encoder import Encoder
 from model.image_encoder import sincos_2d_positions
 from model.masking import MaskInfo
 from model.transformer import forward_blocks, make_blocks
@@ -83,7 +83,7 @@ class MAEDecoder(nn.Module):
         return self.pred(self.norm(x))[:, 1:]  # CLS dropped: (B, L, p*p*C)
 
 
-class MAE(BaselineModel):
+class MAE(Encoder):
     pretraining_modules = ("decoder",)
 
     def __init__(self, cfg: Data2Vec2Config):

@@ -218,3 +218,12 @@ def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """x (N, T, ...) -> (N, len(ids[0]), ...) at positions ids (N, T')."""
     index = ids.reshape(ids.shape + (1,) * (x.ndim - 2)).expand(ids.shape + x.shape[2:])
     return torch.gather(x, 1, index)
+
+
+def masked_positions(selected: torch.Tensor, count: int) -> torch.Tensor:
+    """(B, count) positions of the selected tokens of each row, ascending, selected (B, T) bool.
+
+    Rows with fewer than `count` selected tokens are filled with unselected positions (give them weight 0).
+    A static `count` keeps the shapes independent of the data (torch.compile, the meta device).
+    """
+    return torch.argsort((~selected).to(torch.int8), dim=1, stable=True)[:, :count]

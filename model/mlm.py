@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.baseline import BaselineModel, bert_init, masked_positions
 from model.config import Data2Vec2Config
-from model.masking import gather_tokens
+from model.encoder import Encoder, bert_init
+from model.masking import gather_tokens, masked_positions
 
 
 def corrupt_tokens(
@@ -63,7 +63,7 @@ class LMHead(nn.Module):
         return F.linear(x, embed_weight) + self.bias  # (..., V)
 
 
-class MaskedLM(BaselineModel):
+class MaskedLM(Encoder):
     pretraining_modules = ("lm_head",)
 
     def __init__(self, cfg: Data2Vec2Config):

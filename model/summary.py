@@ -16,12 +16,29 @@ from torch.utils.flop_counter import FlopCounterMode
 from model.build import build_model
 from model.config import BASELINE_MODALITY, Data2Vec2Config
 from model.presets import get_config
-from model.data2vec2 import INPUT_KEYS, Data2Vec2
+from model.data2vec2 import Data2Vec2
+from model.encoder import INPUT_KEYS
 from model.masking import make_mask, num_masked
 
 
 def _count(module) -> int:
     return 0 if module is None else sum(p.numel() for p in module.parameters())
+
+
+def _token_unit(cfg: Data2Vec2Config) -> str:
+    """What one token of cfg.modality is, at the preset's input size."""
+    if cfg.modality == "speech":
+        return f"frames ({cfg.speech.max_sample_size} samples = {cfg.speech.max_sample_size / 16000:g} s at 16 kHz)"
+    if cfg.modality == "image":
+        return f"patches ({cfg.image.grid_size}x{cfg.image.grid_size} grid of {cfg.image.patch_size}px)"
+    return "tokens (max_positions)"
+
+
+def _render(rows: list[tuple[str, str]]) -> str:
+    width = max(len(name) for name, _ in rows)
+    lines = [f"{name:<{width}}  {value}" for name, value in rows]
+    lines.append("FLOPs: torch.utils.flop_counter.FlopCounterMode on the meta device (matmul, conv, attention only)")
+    return "\n".join(lines)
 
 
 def _example_batch(model: Data2Vec2) -> dict[str, torch.Tensor]:
@@ -61,7 +78,7 @@ def summarize(modality: str, preset: str, method: str = "data2vec2") -> str:
         model = Data2Vec2(cfg)
     model.train()
 
-    encoder = sum(_count(m) for m in (model.local_encoder, model.context_encoder, model.blocks, model.norm))
+    encoder = sum(_count(m) for m in model.encoder_parts())
     encoder += 0 if model.mask_embedding is None else model.mask_embedding.numel()
     tokens = cfg.num_tokens()
     visible = tokens if not cfg.remove_masked else tokens - num_masked(cfg.mask, tokens)
@@ -70,12 +87,6 @@ def summarize(modality: str, preset: str, method: str = "data2vec2") -> str:
         visible_note = f"{visible} (the student sees every token; masked ones replaced by the mask embedding)"
     else:
         visible_note = f"{visible}" + (f" + {cfg.num_extra_tokens} CLS" if cfg.num_extra_tokens else "")
-    if modality == "speech":
-        unit = f"frames ({cfg.speech.max_sample_size} samples = {cfg.speech.max_sample_size / 16000:g} s at 16 kHz)"
-    elif modality == "image":
-        unit = f"patches ({cfg.image.grid_size}x{cfg.image.grid_size} grid of {cfg.image.patch_size}px)"
-    else:
-        unit = "tokens (max_positions)"
     rows = [
         ("method / modality / preset", f"{method} / {modality} / {preset}"),
         ("width / heads / blocks", f"{cfg.embed_dim} / {cfg.encoder.num_heads} / "
@@ -83,7 +94,7 @@ def summarize(modality: str, preset: str, method: str = "data2vec2") -> str:
         ("student encoder parameters", f"{encoder:,}"),
         ("decoder parameters", f"{_count(model.decoder):,} ({cfg.decoder.decoder_type})"),
         ("teacher parameters (EMA)", f"{_count(model.teacher):,} (scope: {cfg.ema_scope})"),
-        ("tokens per sample", f"{tokens} {unit}"),
+        ("tokens per sample", f"{tokens} {_token_unit(cfg)}"),
         ("visible tokens per clone", visible_note),
         ("clone batch M", f"{cfg.mask.clone_batch}"),
         ("target", f"average of top {cfg.average_top_k_layers} blocks"),
@@ -91,10 +102,7 @@ def summarize(modality: str, preset: str, method: str = "data2vec2") -> str:
          f"{step_flops / 1e9:,.2f} GFLOP (student fwd+bwd over M clones + teacher fwd)"),
         ("  of which teacher forward", f"{teacher_flops / 1e9:,.2f} GFLOP"),
     ]
-    width = max(len(name) for name, _ in rows)
-    lines = [f"{name:<{width}}  {value}" for name, value in rows]
-    lines.append("FLOPs: torch.utils.flop_counter.FlopCounterMode on the meta device (matmul, conv, attention only)")
-    return "\n".join(lines)
+    return _render(rows)
 
 
 def summarize_baseline(cfg: Data2Vec2Config) -> str:
@@ -102,7 +110,7 @@ def summarize_baseline(cfg: Data2Vec2Config) -> str:
     with torch.device("meta"):
         model = build_model(cfg)
     model.train()
-    encoder = sum(_count(m) for m in (model.local_encoder, model.context_encoder, model.blocks, model.norm))
+    encoder = sum(_count(m) for m in model.encoder_parts())
     tokens = cfg.num_tokens()
     masked = num_masked(cfg.mask, tokens)
     if cfg.method == "mae":
@@ -132,25 +140,16 @@ def summarize_baseline(cfg: Data2Vec2Config) -> str:
     with FlopCounterMode(display=False) as counter:
         loss, _ = model(batch)
         loss.backward()
-    if cfg.modality == "speech":
-        unit = f"frames ({cfg.speech.max_sample_size} samples = {cfg.speech.max_sample_size / 16000:g} s at 16 kHz)"
-    elif cfg.modality == "image":
-        unit = f"patches ({cfg.image.grid_size}x{cfg.image.grid_size} grid of {cfg.image.patch_size}px)"
-    else:
-        unit = "tokens (max_positions)"
     rows = [
         ("method / modality / preset", f"{cfg.method} / {cfg.modality} / {cfg.preset}"),
         ("width / heads / blocks", f"{cfg.embed_dim} / {cfg.encoder.num_heads} / "
                                    f"{cfg.prenet_depth} prenet + {cfg.encoder.depth} main"),
         ("encoder parameters", f"{encoder:,} (the data2vec 2.0 encoder)"),
         *head,
-        ("tokens per sample", f"{tokens} {unit}"),
+        ("tokens per sample", f"{tokens} {_token_unit(cfg)}"),
         ("encoder input", encoder_input),
         ("masks per sample", "1 (no clone batch, no teacher)"),
         ("task", task),
         ("FLOPs / training step / sample", f"{counter.get_total_flops() / 1e9:,.2f} GFLOP (forward + backward)"),
     ]
-    width = max(len(name) for name, _ in rows)
-    lines = [f"{name:<{width}}  {value}" for name, value in rows]
-    lines.append("FLOPs: torch.utils.flop_counter.FlopCounterMode on the meta device (matmul, conv, attention only)")
-    return "\n".join(lines)
+    return _render(rows)

@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.baseline import BaselineModel, masked_positions
 from model.config import Data2Vec2Config
-from model.masking import gather_tokens
+from model.encoder import Encoder
+from model.masking import gather_tokens, masked_positions
 from model.quantizer import GumbelVectorQuantizer, diversity_loss
 
 
@@ -90,7 +90,7 @@ def contrastive_loss(logits: torch.Tensor, weight: torch.Tensor) -> tuple[torch.
     return (ce * w).sum() / count, accuracy
 
 
-class Wav2Vec2(BaselineModel):
+class Wav2Vec2(Encoder):
     pretraining_modules = ("quantizer", "project_q", "final_proj")
 
     def __init__(self, cfg: Data2Vec2Config):

@@ -9,9 +9,9 @@ import torch
 
 from model.build import build_model, config_from_dict
 from model.config import BASELINE_MODALITY
-from model.presets import get_config
 from model.data2vec2 import Data2Vec2
 from model.masking import make_mask, num_masked
+from model.presets import get_config
 from model.summary import summarize
 from model_synthetic import batch_for
 
@@ -101,10 +101,10 @@ def test_forward_interface_and_stats(method, modality):
 @pytest.mark.parametrize("method,modality", BASELINES)
 def test_masks_are_drawn_when_the_batch_has_none(method, modality):
     model = _model(method, modality)
-    first, second = model._draw_masks(2, 16000), model._draw_masks(2, 16000)
+    first, second = model.draw_masks(2, 16000), model.draw_masks(2, 16000)
     assert not torch.equal(first, second)  # the next micro-batch gets other masks
     model.ema_step(1)
-    assert torch.equal(model._draw_masks(2, 16000), make_mask(model.cfg, model.cfg.seed, 1, [0, 1], 16000))
+    assert torch.equal(model.draw_masks(2, 16000), make_mask(model.cfg, model.cfg.seed, 1, [0, 1], 16000))
 
 
 @pytest.mark.parametrize("method,modality", BASELINES)

@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.presets import get_config
 from model.data2vec2 import Data2Vec2, instance_norm
 from model.masking import MaskInfo, make_mask, num_masked
+from model.presets import get_config
 from model_synthetic import batch_for
 
 MODALITIES = ["image", "speech", "text"]
@@ -270,13 +270,13 @@ def test_text_padding_is_excluded_from_the_loss():
 
 def test_masks_are_drawn_when_the_batch_has_none():
     model = _model("image")
-    first = model._draw_masks(2, 28)
-    second = model._draw_masks(2, 28)  # next micro-batch before the EMA step
+    first = model.draw_masks(2, 28)
+    second = model.draw_masks(2, 28)  # next micro-batch before the EMA step
     assert not torch.equal(first, second)
     model.ema_step(1)
-    assert not torch.equal(first, model._draw_masks(2, 28))
+    assert not torch.equal(first, model.draw_masks(2, 28))
     again = _model("image")
-    assert torch.equal(first, again._draw_masks(2, 28))
+    assert torch.equal(first, again.draw_masks(2, 28))
 
 
 def test_bad_masks_are_rejected():

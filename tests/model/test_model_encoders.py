@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from model.config import ImageEncoderConfig, SpeechEncoderConfig, TransformerConfig
-from model.presets import get_config
 from model.data2vec2 import Data2Vec2
 from model.image_encoder import ImageContextEncoder, PatchEmbed, sincos_2d_positions
+from model.presets import get_config
 from model.speech_encoder import SpeechLocalEncoder
 from model.text_encoder import TextEmbedding
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from model.build import build_model
-from model.presets import get_config
 from model.heads import ImageClassifier, SpeechCTC, TextClassifier
+from model.presets import get_config
 from model_synthetic import batch_for
 
 METHODS = [("image", m) for m in ("data2vec2", "data2vec1", "mae")] + [("speech", m) for m in ("data2vec2", "data2vec1", "wav2vec2")] + [

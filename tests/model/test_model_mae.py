@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from model.build import build_model
-from model.presets import get_config
 from model.mae import mae_loss, patchify, pixel_targets
 from model.masking import make_mask
+from model.presets import get_config
 from model_synthetic import batch_for
 
 

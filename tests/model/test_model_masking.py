@@ -3,16 +3,15 @@ import numpy as np
 import pytest
 import torch
 
-from model.presets import get_config
 from model.masking import (
     MaskInfo,
-    gather_tokens,
     image_block_mask,
     make_mask,
     num_masked,
     speech_block_mask,
     text_random_mask,
 )
+from model.presets import get_config
 
 IMAGE_BASE = dict(grid_h=14, grid_w=14, mask_prob=0.8, mask_length=3, mask_prob_adjust=0.07)
 

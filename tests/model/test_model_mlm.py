@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from model.build import build_model
-from model.presets import get_config
 from model.masking import make_mask
 from model.mlm import corrupt_tokens
+from model.presets import get_config
 from model_synthetic import batch_for
 
 

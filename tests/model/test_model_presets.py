@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from model.config import Data2Vec2Config
-from model.presets import get_config
 from model.data2vec2 import Data2Vec2
+from model.presets import get_config
 from model.summary import summarize
 
 

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from model.presets import get_config
 from model.data2vec2 import Data2Vec2
+from model.presets import get_config
 from model_synthetic import batch_for
 
 STEPS = 100

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from model.build import build_model
-from model.presets import get_config
 from model.masking import make_mask
+from model.presets import get_config
 from model.quantizer import GumbelVectorQuantizer, diversity_loss, perplexity
 from model.wav2vec2 import GradMultiply, contrastive_logits, contrastive_loss, sample_negatives
 from model_synthetic import batch_for
