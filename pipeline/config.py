@@ -137,6 +137,9 @@ class TextPrepare:
 class Shard:
     max_samples_per_shard: int = 10000
     max_bytes_per_shard: int = 1 << 30
+    # speech only: shorter utterances are skipped (listed in index.json `skipped`). 0.1 s is 4 frames of the
+    # wav2vec 2.0 feature extractor (400-sample receptive field, 320-sample stride at 16 kHz)
+    min_seconds: float = 0.1
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,7 +20,7 @@ def categories(root: Path = FORTUNE_DIR) -> list[str]:
 
 
 def fortunes(category: str, root: Path = FORTUNE_DIR) -> Iterator[str]:
-    text = (root / category).read_text(encoding="utf-8", errors="replace")
+    text = (root / category).read_text(encoding="utf-8-sig", errors="replace")
     entry: list[str] = []
     for line in text.splitlines():
         if line.strip() == "%":

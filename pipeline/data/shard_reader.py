@@ -5,10 +5,16 @@ that (a) a run on 1 process and on N processes with the same global batch sees e
 (b) a killed run resumes at the exact next batch, and (c) every rank gets exactly the same number of batches
 whatever the shard sizes. Shards stay standard WebDataset tars; like webdataset's `wids`, a tar's member
 offsets are indexed on first use (headers only) and samples are read with one seek each.
+
+Integrity: before a split is used, each of its shards is checked against index.json (size, then sha256 of the
+bytes), once per process and file version; a changed, truncated or missing shard is a UserInputError saying to
+re-run `shard`. A sample that still fails to decode during training is reported with its shard and key
+(`IndexedShards.decoding`).
 """
 from __future__ import annotations
 
 import bisect
+import contextlib
 import functools
 import json
 import tarfile
@@ -17,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.data.shard_writer import shard_bytes_problem
 from pipeline.errors import UserInputError
 
 
@@ -55,16 +62,40 @@ def _tarfile_members(path: Path) -> list[tuple[str, int, int]]:
         return [(m.name, m.offset_data, m.size) for m in tar if m.isfile()]
 
 
-class IndexedShards:
-    """Samples of one split, addressed 0..len-1 in index.json order; each sample is {"__key__", ext: bytes}."""
+# (path, size, mtime in ns) of shard files whose sha256 matched index.json in this process
+_VERIFIED: set[tuple[str, int, int]] = set()
 
-    def __init__(self, shard_dir: Path, split: str):
+
+def verify_shards(shard_dir: Path, index: dict, split: str) -> None:
+    """Raise UserInputError unless every shard of `split` has the size and sha256 index.json records. Hashes a
+    file once per process (again only if its size or mtime changes): one sequential read per shard per run."""
+    for entry in index["splits"][split]["shards"]:
+        path = Path(shard_dir) / entry["name"]
+        stat = path.stat() if path.is_file() else None
+        version = (str(path.resolve()), stat.st_size, stat.st_mtime_ns) if stat else None
+        if version in _VERIFIED:
+            continue
+        problem = shard_bytes_problem(path, entry)
+        if problem is not None:
+            source = f" --source {index['source']}" if index.get("source") else ""
+            raise UserInputError(f"{path}: {problem}; the shards no longer match their index.json: re-run "
+                                 f"`python -m pipeline shard --modality {index.get('modality')}{source} --out {shard_dir}`")
+        _VERIFIED.add(version)
+
+
+class IndexedShards:
+    """Samples of one split, addressed 0..len-1 in index.json order; each sample is {"__key__", ext: bytes}.
+    `verify` (default on) checks the split's shards against index.json first (`verify_shards`)."""
+
+    def __init__(self, shard_dir: Path, split: str, verify: bool = True):
         index_path = Path(shard_dir) / "index.json"
         if not index_path.exists():
             raise UserInputError(f"{index_path}: no shards; run `python -m pipeline shard` first")
         index = json.loads(index_path.read_text(encoding="utf-8"))
         if split not in index["splits"]:
             raise UserInputError(f"{index_path}: no split {split!r}; it has {sorted(index['splits'])}")
+        if verify:
+            verify_shards(Path(shard_dir), index, split)
         self.index = index
         self.paths = [Path(shard_dir) / s["name"] for s in index["splits"][split]["shards"]]
         counts = [s["num_samples"] for s in index["splits"][split]["shards"]]
@@ -104,6 +135,23 @@ class IndexedShards:
         for ext, offset, size in table[local]:
             sample[ext] = self._read(shard, offset, size)
         return sample
+
+    def where(self, i: int) -> str:
+        """`<shard path>, sample <key>` for sample i, as error messages name it."""
+        shard = bisect.bisect_right(self.starts, i) - 1
+        keys, _ = self._sample_table(shard)
+        return f"{self.paths[shard]}, sample {keys[i - self.starts[shard]]}"
+
+    @contextlib.contextmanager
+    def decoding(self, i: int) -> Iterator[None]:
+        """Wrap the decoding of sample i: any error becomes a UserInputError naming the shard and sample key."""
+        try:
+            yield
+        except UserInputError:
+            raise
+        except Exception as e:  # noqa: BLE001 (whatever the decoder raises, the message must name the sample)
+            raise UserInputError(f"{self.where(i)}: cannot decode ({type(e).__name__}: {e}); "
+                                 "re-run `python -m pipeline shard` to rewrite the shards") from e
 
     def member(self, i: int, ext: str) -> bytes | None:
         """One member (e.g. "cls") of sample i, or None when the sample has none; reads only that member."""

@@ -106,6 +106,19 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def shard_bytes_problem(path: Path, entry: dict) -> str | None:
+    """Why the file at `path` is not the shard index.json's `entry` describes (missing, another size, another
+    sha256), or None when its bytes match. Reads the whole file when the size matches."""
+    if not path.is_file():
+        return "listed in index.json but missing"
+    size = path.stat().st_size
+    if size != entry["bytes"]:
+        return f"{size} bytes, index.json says {entry['bytes']} (truncated or changed after `shard` wrote it)"
+    if sha256_file(path) != entry["sha256"]:
+        return "sha256 differs from index.json (changed after `shard` wrote it)"
+    return None
+
+
 def verify_index(out_dir: Path) -> list[str]:
     """Re-read every shard listed in index.json; return a list of problems (empty when all is consistent)."""
     index = json.loads((out_dir / "index.json").read_text(encoding="utf-8"))
@@ -114,8 +127,10 @@ def verify_index(out_dir: Path) -> list[str]:
         total = 0
         for shard in info["shards"]:
             path = out_dir / shard["name"]
-            if not path.exists():
-                problems.append(f"{shard['name']}: listed in index.json but missing")
+            problem = shard_bytes_problem(path, shard)
+            if problem is not None:  # checked first: tarfile cannot always open a truncated file
+                problems.append(f"{shard['name']}: {problem}")
+                total += shard["num_samples"]
                 continue
             with tarfile.open(path) as tar:
                 keys = {member.name.split(".", 1)[0] for member in tar.getmembers()}
@@ -123,8 +138,6 @@ def verify_index(out_dir: Path) -> list[str]:
                 problems.append(f"{shard['name']}: {len(keys)} samples, index.json says {shard['num_samples']}")
             if shard["num_samples"] == 0:
                 problems.append(f"{shard['name']}: empty shard")
-            if sha256_file(path) != shard["sha256"]:
-                problems.append(f"{shard['name']}: sha256 differs from index.json")
             total += len(keys)
         if total != info["num_samples"]:
             problems.append(f"split {split}: {total} samples in shards, index.json says {info['num_samples']}")

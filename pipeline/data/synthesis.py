@@ -21,7 +21,7 @@ from pipeline.data import wordnet
 from pipeline.errors import UserInputError
 
 ESPEAK_ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-rp", "en-gb-x-gbcwmd", "en-029", "en-us-nyc")
-# Human-sounding variants only (no robots, whispers or croaks; shared/reference/offline-data.md §5).
+# Human-sounding variants only: espeak-ng's voices/!v variants minus robots, whispers and croaks.
 ESPEAK_VARIANTS = (
     "male1 male2 male3 male4 male5 male6 male7 male8 female1 female2 female3 female4 female5 klatt klatt2 klatt3 "
     "klatt4 Adam Alex Alicia Andrea Andy Annie Antonio Auntie Belinda Benjamin Boris Caleb David Denis Diogo Ed "

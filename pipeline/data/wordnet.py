@@ -52,7 +52,7 @@ def synsets(root: Path = WORDNET_DIR) -> Iterator[Synset]:
         path = root / f"data.{pos}"
         if not path.exists():
             raise UserInputError(f"{path}: WordNet not found; install Debian's wordnet-base (`make setup` does)")
-        with open(path, encoding="utf-8", errors="strict") as f:
+        with open(path, encoding="utf-8-sig", errors="strict") as f:
             for line in f:
                 synset = parse_line(line, pos)
                 if synset is not None and synset.definition:

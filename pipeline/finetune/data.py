@@ -27,6 +27,7 @@ from pipeline.errors import UserInputError
 from pipeline.finetune.config import FinetuneConfig, ImageFinetune
 from pipeline.pretrain.data import decode_image, normalize_waveform, random_resized_crop, sample_generator
 from pipeline.data.shard_reader import IndexedShards
+from pipeline.data.text_source import text_input
 
 
 def _numpy_rng(seed: int, update: int, sample_id: int) -> np.random.Generator:
@@ -78,7 +79,8 @@ class LabeledBatches(torch.utils.data.Dataset):
         std = torch.tensor(aug.std).view(3, 1, 1)
         images = []
         for i, sample in zip(ids, samples):
-            img = decode_image(sample.get("png") or sample["jpg"])
+            with self.shards.decoding(i):
+                img = decode_image(sample.get("png") or sample["jpg"])
             if update is None:
                 img = center_crop(img, size, aug.eval_crop_ratio)
             else:
@@ -97,7 +99,8 @@ class LabeledBatches(torch.utils.data.Dataset):
         cfg, ctc = self.cfg, self.cfg.speech
         waves = []
         for i, sample in zip(ids, samples):
-            audio, rate = sf.read(io.BytesIO(sample["flac"]), dtype="float32")
+            with self.shards.decoding(i):
+                audio, rate = sf.read(io.BytesIO(sample["flac"]), dtype="float32")
             if rate != 16000:
                 raise UserInputError(f"speech sample {i} is {rate} Hz; shards must be 16 kHz (re-run `shard`)")
             wave = torch.from_numpy(audio)
@@ -129,7 +132,7 @@ class LabeledBatches(torch.utils.data.Dataset):
         return batch
 
     def _text_batch(self, update: int | None, ids: list[int], samples: list[dict]) -> dict[str, Any]:
-        encodings = self.tokenizer.encode_batch([s["txt"].decode("utf-8") for s in samples])
+        encodings = self.tokenizer.encode_batch([text_input(s) for s in samples])  # a sentence pair: (A, B)
         longest = max(len(e.ids) for e in encodings)
         tokens = torch.full((len(encodings), longest), self.model_cfg.text.pad_idx, dtype=torch.long)
         for row, enc in enumerate(encodings):

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from model.masking import make_mask
 from pipeline.errors import UserInputError
 from pipeline.data.shard_reader import IndexedShards, RankBatchSampler
+from pipeline.data.speech_source import MIN_SAMPLES
 from pipeline.pretrain.config import PretrainConfig
 
 
@@ -105,7 +106,8 @@ class PretrainBatches(torch.utils.data.Dataset):
         images = []
         for i in ids:
             sample = self.shards[i]
-            img = decode_image(sample.get("png") or sample["jpg"])
+            with self.shards.decoding(i):
+                img = decode_image(sample.get("png") or sample["jpg"])
             gen = sample_generator(self.cfg.seed, update, i)
             img = random_resized_crop(img, size, self.cfg.image.crop_scale, gen)
             if torch.rand(1, generator=gen).item() < 0.5:
@@ -116,15 +118,19 @@ class PretrainBatches(torch.utils.data.Dataset):
     def _speech_batch(self, update: int, ids: list[int]) -> dict[str, Any]:
         waves = []
         for i in ids:
-            audio, rate = sf.read(io.BytesIO(self.shards[i]["flac"]), dtype="float32")
+            with self.shards.decoding(i):
+                audio, rate = sf.read(io.BytesIO(self.shards[i]["flac"]), dtype="float32")
             if rate != 16000:
                 raise UserInputError(f"speech sample {i} is {rate} Hz; shards must be 16 kHz (re-run `shard`)")
             waves.append(torch.from_numpy(audio))
         # Crop every utterance to the batch's shortest, at most crop_samples (no padding in pretraining, as
-        # fairseq); the masks are then computed on the cropped length, so every row has the same count.
-        length = min(self.crop_samples, min(len(w) for w in waves))
+        # fairseq); the masks are then computed on the cropped length, so every row has the same count. Never
+        # below MIN_SAMPLES: a shorter clip (shards written with a lower speech.shard.min_seconds) is repeated
+        # to that length, so one tiny clip cannot starve the feature extractor of frames.
+        length = min(self.crop_samples, max(MIN_SAMPLES, min(len(w) for w in waves)))
         crops = []
         for i, wave in zip(ids, waves):
+            wave = wave.repeat(-(-length // len(wave)))  # the clip itself when it is long enough
             gen = sample_generator(self.cfg.seed, update, i)
             start = int(torch.randint(0, len(wave) - length + 1, (1,), generator=gen))
             crops.append(normalize_waveform(wave[start : start + length]))
