@@ -1,12 +1,14 @@
 """The `tokenizer` stage, with HF `tokenizers`, trained on the training split of the shards.
 
   text    byte-level BPE with RoBERTa specials: <s>=0 <pad>=1 </s>=2 <unk>=3 <mask>=4; encodings are wrapped
-          as `<s> ... </s>`.
+          as `<s> ... </s>` (a sentence pair as `<s> A </s></s> B </s>`). Only the pipeline produces special ids:
+          `<s>`, `<mask>`, ... written in user text are encoded as the plain characters they are (see `load`).
   speech  a character vocabulary for CTC: <pad>=0 (the CTC blank) <s>=1 </s>=2 <unk>=3, then `|` for the
           word boundary (fairseq's letter dictionary convention) and every character of the training transcripts.
 """
 from __future__ import annotations
 
+import copyreg
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,14 +27,16 @@ WORD_BOUNDARY = "|"
 
 
 def iter_shard_texts(shard_dir: Path, split: str) -> Iterator[str]:
-    """The `.txt` member of every sample of `split`, in index order (one seek and read per sample)."""
+    """The `.txt` member (and the second sentence of a pair) of every sample of `split`, in index order."""
     from pipeline.data.shard_reader import IndexedShards
+    from pipeline.data.text_source import PAIR_MEMBER
 
     samples = IndexedShards(shard_dir, split)  # names a missing index.json or split
     for i in range(len(samples)):
-        text = samples.member(i, "txt")
-        if text is not None:
-            yield text.decode("utf-8")
+        for member in ("txt", PAIR_MEMBER):
+            text = samples.member(i, member)
+            if text is not None:
+                yield text.decode("utf-8")
 
 
 def train_text_tokenizer(texts: Iterator[str], cfg: TextTokenizer) -> Tokenizer:
@@ -49,6 +53,7 @@ def train_text_tokenizer(texts: Iterator[str], cfg: TextTokenizer) -> Tokenizer:
     tok.train_from_iterator(texts, trainer=trainer)
     # RobertaProcessing takes (sep, cls) positionally (its `cls` keyword is really `cls_token`)
     tok.post_processor = processors.RobertaProcessing(("</s>", tok.token_to_id("</s>")), ("<s>", tok.token_to_id("<s>")))
+    tok.encode_special_tokens = True
     return tok
 
 
@@ -90,9 +95,26 @@ def train_tokenizer(modality: str, params: dict[str, Any], shard_dir: Path | Non
 
 
 def load(path: Path) -> Tokenizer:
+    """The tokenizer at `path`, set to encode special-token strings in text (`<s>`, `<mask>`, ...) as plain
+    characters: the specials are added tokens, which HF tokenizers otherwise match anywhere in raw text, so a
+    user's "<s>20</s>" would become control ids and vanish on decode. The pipeline adds the real specials by id
+    (the post-processor, the text packing). Load every tokenizer through here: the setting is not stored in
+    tokenizer.json (huggingface/tokenizers#1839)."""
     if not path.exists():
         raise UserInputError(f"{path}: tokenizer not found; run `python -m pipeline tokenizer` first")
-    return Tokenizer.from_file(str(path))
+    tok = Tokenizer.from_file(str(path))
+    tok.encode_special_tokens = True
+    return tok
+
+
+def _from_state(serialized: str, encode_special_tokens: bool) -> Tokenizer:
+    tok = Tokenizer.from_str(serialized)
+    tok.encode_special_tokens = encode_special_tokens
+    return tok
+
+
+# Pickling (DataLoader workers under spawn, copy.deepcopy) drops `encode_special_tokens` as well: keep it.
+copyreg.pickle(Tokenizer, lambda tok: (_from_state, (tok.to_str(), tok.encode_special_tokens)))
 
 
 def roundtrip_failures(tok: Tokenizer, texts: list[str], normalize=lambda s: s) -> list[tuple[str, str]]:

@@ -112,3 +112,26 @@ def test_params_reject_unknown_keys(tiny_params):
     tiny_params["image"]["prepare"]["train_limt"] = 5
     with pytest.raises(Exception, match="unknown key.*train_limt"):
         P.section(tiny_params, P.ImagePrepare, "image", "prepare")
+
+
+def test_special_token_strings_in_user_text_stay_plain_text(tmp_path):
+    """Only the pipeline adds <s> </s> <mask> <pad> <unk>; the same strings written in a document are text."""
+    import copy
+    import pickle
+
+    corpus_path = tmp_path / "corpus.txt"
+    documents = ["score <s>20</s> in html", "fill the <mask> here", "a <pad> and an <unk> too"] * 30
+    corpus_path.write_text("\n\n".join(documents) + "\n")
+    shard("text", corpus_path, tmp_path / "shards", Shard(), progress=False)
+    params = {"text": {"tokenizer": {"vocab_size": 300, "min_frequency": 2}}}
+    train_tokenizer("text", params, tmp_path / "shards", tmp_path / "tok.json")
+    tok = load(tmp_path / "tok.json")
+    specials = {tok.token_to_id(s) for s in ("<s>", "<pad>", "</s>", "<unk>", "<mask>")}
+    for text in documents[:3] + ["<s></s><mask><pad><unk>", " <mask> "]:
+        for t in (tok, pickle.loads(pickle.dumps(tok)), copy.deepcopy(tok)):  # DataLoader workers get copies
+            enc = t.encode(text)
+            assert [i for i in enc.ids if i in specials] == [tok.token_to_id("<s>"), tok.token_to_id("</s>")], text
+            assert enc.ids[0] == tok.token_to_id("<s>") and enc.ids[-1] == tok.token_to_id("</s>")
+            assert t.decode(enc.ids) == text
+            assert not specials & set(t.encode(text, add_special_tokens=False).ids)
+    assert roundtrip_failures(tok, documents[:3]) == []
