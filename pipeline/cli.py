@@ -35,9 +35,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = stages.add_parser("shard", help="write WebDataset tar shards + index.json",
                           description="Write deterministic WebDataset shards <split>-NNNNNN.tar and index.json. "
-                          "Sources: image = ImageFolder tree (optional train/ val/ test/) or IDX folder; "
-                          "speech = LibriSpeech-layout tree or TSV manifest (path<TAB>transcript); "
-                          "text = .txt file/folder (documents separated by blank lines) or GLUE-style TSV (sentence, label).")
+                          "Sources: image = ImageFolder tree or IDX folder; speech = LibriSpeech-layout tree or TSV "
+                          "manifest (path<TAB>transcript); text = .txt file/folder (documents separated by blank lines) "
+                          "or GLUE task folder (train.tsv, dev.tsv, test.tsv; sentence or sentence-pair columns + label). "
+                          "Splits: top-level folders (or .tsv files) named train/training, valid/val/validation/dev, "
+                          "test/testing, in any case, map to train/valid/test; subsets such as dev-clean + dev-other or "
+                          "dev_matched + dev_mismatched merge into one split; two spellings of one split (val/ and "
+                          "validation/) are an error. Hidden and OS/tool entries (names starting with '.', __MACOSX, "
+                          "Thumbs.db, desktop.ini, ...) are never classes, samples or splits; they and top-level entries "
+                          "outside the layout are listed in index.json `ignored`. An input that cannot be used (undecodable, "
+                          "over a decoder's safety limit, speech shorter than speech.shard.min_seconds, default 0.1 s) is "
+                          "listed in `skipped` with the reason, never fatal. A GLUE test.tsv without labels is skipped "
+                          "(the final metric comes from dev.tsv). Lossy conversions (resampling, channel mixing, bit or "
+                          "colour depth reduction, scaling down instead of clipping) are listed per file in `conversions`. "
+                          "Text files may start with a UTF-8 byte-order mark.")
     p.add_argument("--modality", required=True, choices=MODALITIES)
     p.add_argument("--source", type=Path, help="your data (default: the prepared embedded data, data/raw/<modality>)")
     p.add_argument("--out", type=Path, help="output folder (default: data/shards/<modality>)")
