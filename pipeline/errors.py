@@ -1,4 +1,5 @@
-"""Errors a user can act on. The CLI prints them as one message (no traceback) and exits with status 2."""
+"""Errors of the pipeline. The CLI prints a UserInputError or a TrainingStopped as one message (no traceback)
+and exits with status 2 or 3."""
 
 
 class UserInputError(Exception):
@@ -7,3 +8,7 @@ class UserInputError(Exception):
 
 class BadSample(Exception):
     """One input file that cannot be used; it is skipped and listed in index.json `skipped` with this reason."""
+
+
+class TrainingStopped(Exception):
+    """A guard stopped training (NaN/Inf loss, representation collapse); the last good checkpoint is kept. Exit 3."""

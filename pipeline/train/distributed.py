@@ -1,7 +1,8 @@
-"""torch.distributed set-up for the torchrun entry points: the same code path for 1 and N processes.
+"""torch.distributed for the training engine: the same code path for 1 and N processes.
 
-torchrun sets RANK / LOCAL_RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT; the backend is nccl on GPU and gloo
-on CPU. Model code never sees any of this (DDP wraps the model from outside, in the trainer).
+Under torchrun (RANK / LOCAL_RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT set) the group spans its workers; in a
+plain process (the throughput stage, tests) it is a world of one over an in-process store. The backend is nccl
+on GPU and gloo on CPU. Model code never sees any of this (the trainer wraps the model in DDP from outside).
 """
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ import dataclasses
 import datetime
 import os
 import sys
+from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from pipeline.train.launch import under_torchrun
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,10 +28,6 @@ class Dist:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def under_torchrun() -> bool:
-    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
 def die_with_launcher() -> None:
@@ -49,23 +49,29 @@ def die_with_launcher() -> None:
 
 
 def setup(device: str = "auto", timeout_s: int = 1800) -> Dist:
-    """Initialize the process group (always, even for one process, so 1 and N run the same code).
+    """Initialize the process group (always, even for one process, so 1 and N run the same code): torchrun's
+    workers, or else a world of one. `device`: auto (a GPU when there is one), cpu or cuda.
 
     faulthandler: a native abort in a worker (SIGABRT/SIGSEGV in gloo, nccl or a kernel) prints every thread's Python
     stack to the worker's stderr, which torchrun passes on; without it torchrun only reports the signal."""
     import faulthandler
 
-    faulthandler.enable(all_threads=True)
-    die_with_launcher()
-    rank, local_rank, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+    group: dict[str, Any] = {"timeout": datetime.timedelta(seconds=timeout_s)}
+    if under_torchrun():
+        faulthandler.enable(all_threads=True)
+        die_with_launcher()
+        rank, local_rank, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+    else:  # no rendezvous, no port, and no environment variables that would make this look like torchrun
+        rank, local_rank, world = 0, 0, 1
+        group.update(store=dist.HashStore(), rank=0, world_size=1)
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda:
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)
-        dist.init_process_group("nccl", timeout=datetime.timedelta(seconds=timeout_s), device_id=dev)
+        dist.init_process_group("nccl", device_id=dev, **group)
     else:
         dev = torch.device("cpu")
-        dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=timeout_s))
+        dist.init_process_group("gloo", **group)
     return Dist(rank, local_rank, world, dev)
 
 
@@ -92,6 +98,19 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     value = value.detach().clone()
     dist.all_reduce(value, op=dist.ReduceOp.SUM)
     return value / dist.get_world_size()
+
+
+def all_reduce_means(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """The mean over ranks of each value, in one all-reduce (every rank passes the same keys in the same order)."""
+    means = all_reduce_mean(torch.tensor(list(values.values()), device=device)).tolist()
+    return dict(zip(values, means))
+
+
+def all_gather(obj: Any) -> list[Any]:
+    """Every rank's `obj` (picklable), in rank order, on every rank."""
+    objects: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(objects, obj)
+    return objects
 
 
 def broadcast_flag(flag: bool, device: torch.device) -> bool:

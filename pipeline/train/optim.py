@@ -1,10 +1,22 @@
-"""AdamW with the released parameter groups, and the warmup + cosine learning-rate schedule."""
+"""AdamW parameter groups (weight decay, layer decay), the learning-rate schedules, and the autocast dtype."""
 from __future__ import annotations
 
 import math
 
 import torch
 from torch import nn
+
+from pipeline.errors import UserInputError
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The dtype of `torch.autocast` for params.yaml `precision` (auto: bf16 on GPU, fp32 on CPU); None = fp32, no
+    autocast. fp16 also needs a grad scaler (the trainer enables one). Raises UserInputError for fp16 on CPU."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise UserInputError("precision fp16 needs a GPU; use bf16 or fp32 on CPU")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
 
 
 def no_weight_decay(name: str, param: torch.Tensor) -> bool:
