@@ -1,7 +1,8 @@
 """`python -m pipeline STAGE ...`: the one command line every orchestrator (Dagster, DVC, CI) calls.
 
 Each stage prints a JSON summary of what it wrote on stdout; progress goes to stderr. Errors the user can fix
-print one message naming the file and what to do, and exit with status 2 (no traceback).
+print one message naming the file and what to do, and exit with status 2 (no traceback); a training run a guard
+stopped (NaN/Inf loss, representation collapse) exits with status 3, its last good checkpoint kept.
 """
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.errors import UserInputError
 from pipeline.config import MODALITIES, TOKENIZER
+from pipeline.errors import TrainingStopped, UserInputError
 
 EPILOG = "Hyper-parameters and data sizes come from params.yaml (see --params). Outputs land under data/ (DVC-tracked)."
 
@@ -25,7 +26,14 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description="data2vec 2.0 experiment pipeline", epilog=EPILOG)
     stages = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    _data_stages(stages)
+    _training_stages(stages)
+    _benchmark_stages(stages)
+    return parser
 
+
+def _data_stages(stages) -> None:
+    """prepare, shard, tokenizer: raw data -> shards -> tokenizers."""
     p = stages.add_parser("prepare", help="materialize the embedded default data under data/raw/<modality>/",
                           description="Materialize the embedded default data of a modality: Fashion-MNIST (image), "
                           "espeak-ng/flite-synthesized WordNet sentences (speech), WordNet glosses + fortunes (text).")
@@ -63,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="tokenizer.json path (default: data/tokenizers/<modality>/tokenizer.json)")
     _common(p)
 
+
+def _training_stages(stages) -> None:
+    """pretrain and finetune (torchrun), evaluate, and the model summary."""
     from pipeline.pretrain.stage import add_arguments as pretrain_arguments
 
     p = stages.add_parser("pretrain", help="pretrain data2vec 2.0 (torchrun + DDP; resumes from last.pt)",
@@ -94,6 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
                           epilog=EPILOG)
     evaluate_arguments(p)
 
+    p = stages.add_parser("summary", help="print a model summary (parameters, tokens, FLOPs per step)",
+                          description="Print parameters of the student encoder, decoder and teacher, tokens per sample, "
+                          "visible tokens per clone, the clone batch and the FLOPs of one training step per sample.")
+    p.add_argument("--modality", required=True, choices=MODALITIES)
+    p.add_argument("--preset", default="tiny", choices=("tiny", "base", "large"))
+    p.add_argument("--method", default="data2vec2")
+
+
+def _benchmark_stages(stages) -> None:
+    """throughput, sweep, report: the benchmark over pretrained models."""
     from pipeline.benchmark.throughput import add_arguments as throughput_arguments
 
     p = stages.add_parser("throughput", help="measure loader and training throughput and MFU of one or more methods (into --out)",
@@ -117,21 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "models/<modality>/<method>/sweep/<demo task>/curve.json of every method and scratch)")
     p.add_argument("--out", default="reports", help="report folder (default: %(default)s)")
 
-    p = stages.add_parser("summary", help="print a model summary (parameters, tokens, FLOPs per step)",
-                          description="Print parameters of the student encoder, decoder and teacher, tokens per sample, "
-                          "visible tokens per clone, the clone batch and the FLOPs of one training step per sample.")
-    p.add_argument("--modality", required=True, choices=MODALITIES)
-    p.add_argument("--preset", default="tiny", choices=("tiny", "base", "large"))
-    p.add_argument("--method", default="data2vec2")
-    return parser
-
 
 def run(args: argparse.Namespace, argv: list[str]) -> dict | str | None:
     if args.stage == "pretrain":
-        from pipeline.train import distributed
-        from pipeline.pretrain.stage import launch, train
+        from pipeline.pretrain.stage import train
+        from pipeline.train.launch import launch, under_torchrun
 
-        if not distributed.under_torchrun():
+        if not under_torchrun():
             launch(args, argv)  # does not return
         summary = train(args)
         return summary if os.environ.get("RANK", "0") == "0" else None
@@ -148,12 +161,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict | str | None:
 
         return report(args)
     if args.stage == "finetune":
-        from pipeline.train import distributed
         from pipeline.finetune.stage import preflight
         from pipeline.finetune.stage import train as finetune
-        from pipeline.pretrain.stage import launch
+        from pipeline.train.launch import launch, under_torchrun
 
-        if not distributed.under_torchrun():
+        if not under_torchrun():
             preflight(args)
             launch(args, argv)  # does not return
         summary = finetune(args)
@@ -197,8 +209,6 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict | str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.pretrain.stage import TrainingStopped
-
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     try:

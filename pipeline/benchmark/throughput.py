@@ -2,7 +2,9 @@
 model FLOPs utilization (MFU) against this machine's measured matmul peak; appended to a results file.
 
   peak   best FLOP/s of square matmuls in the training dtype (what the hardware delivers here, not a datasheet)
-  step   forward + backward + optimizer step + EMA update of one real batch, averaged after warm-up steps
+  step   `Trainer.train_step` (pipeline/train/trainer.py), the step pretraining runs: forward and backward under
+         autocast in DDP (a world of one), NaN guard, clipping, optimizer, grad scaler and schedule steps, the EMA
+         update; one real batch, averaged after warm-up steps
   FLOPs  counted by torch.utils.flop_counter.FlopCounterMode on that same batch (matmul, conv, attention)
   MFU    FLOPs per step / step time / peak
   loader the full input pipeline (read shards, decode, augment/crop/pack, masks) through a DataLoader
@@ -73,16 +75,18 @@ def device_name(device) -> str:
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """One record: the loader's rate and the MFU of `Trainer.train_step` (pipeline/train/trainer.py), the step
+    pretraining runs, on one real batch of `--batch-size` samples in one process (a world of one)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from model.build import build_model
-    from pipeline import paths
     from pipeline import config as P
-    from pipeline.train.optim import param_groups
-    from pipeline.pretrain.stage import autocast_dtype, build_configs, text_vocab
-    from pipeline.pretrain.data import PretrainBatches, make_loader
+    from pipeline import paths
     from pipeline.io import git_state
+    from pipeline.pretrain.stage import build_configs
+    from pipeline.pretrain.trainer import Pretrainer
+    from pipeline.train import distributed
+    from pipeline.train.launch import RunOptions
 
     args.max_updates = args.budget_seconds = None
     cfg, model_cfg = build_configs(args, P.load(args.params))
@@ -90,57 +94,36 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         cfg.batch_size = args.batch_size
     if args.precision:
         cfg.precision = args.precision
-    use_cuda = torch.cuda.is_available() if args.device == "auto" else args.device == "cuda"
-    device = torch.device("cuda" if use_cuda else "cpu")
-    torch.set_flush_denormal(True)
+    cfg.grad_accum = 1  # a step is the whole batch at once
     shard_dir = args.shards or paths.shards_dir(cfg.modality)
     tokenizer = args.tokenizer or paths.tokenizer_path("text")
-    if cfg.modality == "text":
-        text_vocab(model_cfg, tokenizer)
-    dtype = autocast_dtype(cfg.precision, device)
-    dataset = PretrainBatches(cfg, model_cfg, shard_dir, "train", tokenizer)
-
-    # the input pipeline alone
-    cfg.grad_accum = 1
-    loader = make_loader(dataset, cfg, 0, 1, 0, args.loader_batches, args.workers)
-    start, first = time.perf_counter(), None
-    for i, batch in enumerate(loader):
-        if i == 0:
-            first = time.perf_counter()
-    loader_rate = cfg.batch_size * (args.loader_batches - 1) / (time.perf_counter() - first)
-
-    # training steps on one real batch
-    batch = {k: v.to(device) for k, v in dataset[(0, list(range(cfg.batch_size)))].items() if k not in ("ids", "update")}
-    torch.manual_seed(cfg.seed)
-    model = build_model(model_cfg).to(device).train()
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=1e-5, betas=cfg.betas, eps=cfg.eps)
-
-    def step(update: int) -> None:
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss, _ = model(batch)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        model.ema_step(update)
-
-    with FlopCounterMode(display=False) as counter:
-        step(1)
-    flops_per_step = counter.get_total_flops()
-    for u in range(args.warmup):
-        step(2 + u)
-    _sync(device)
-    start = time.perf_counter()
-    for u in range(args.steps):
-        step(2 + args.warmup + u)
-    _sync(device)
-    step_seconds = (time.perf_counter() - start) / args.steps
-    peak = matmul_peak_flops(device, dtype or torch.float32, 4096 if device.type == "cuda" else 1024)
+    d = distributed.setup(args.device)
+    try:
+        trainer = Pretrainer(cfg, model_cfg, d, None, shard_dir, tokenizer, RunOptions(workers=args.workers, progress=False))
+        loader_rate = _loader_rate(trainer, args.loader_batches, args.workers)
+        batch = {k: v.to(d.device) for k, v in trainer.dataset[(0, list(range(cfg.batch_size)))].items()
+                 if k not in ("ids", "update")}
+        with FlopCounterMode(display=False) as counter:
+            trainer.train_step([batch])
+        flops_per_step = counter.get_total_flops()
+        for _ in range(args.warmup):
+            trainer.train_step([batch])
+        _sync(d.device)
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            trainer.train_step([batch])
+        _sync(d.device)
+        step_seconds = (time.perf_counter() - start) / args.steps
+        dtype = trainer.dtype
+        peak = matmul_peak_flops(d.device, dtype or torch.float32, 4096 if d.device.type == "cuda" else 1024)
+        tokens_per_sample = trainer.dataset.tokens_per_sample(batch)
+    finally:
+        distributed.teardown()
     samples_per_s = cfg.batch_size / step_seconds
-    tokens_per_sample = dataset.tokens_per_sample(batch)
     return {
         "modality": cfg.modality, "method": cfg.method, "preset": cfg.preset, "batch_size": cfg.batch_size,
         "clone_batch": model_cfg.mask.clone_batch, "tokens_per_sample": tokens_per_sample,
-        "device": device_name(device), "precision": str(dtype or torch.float32).replace("torch.", ""),
+        "device": device_name(d.device), "precision": str(dtype or torch.float32).replace("torch.", ""),
         "step_seconds": step_seconds, "train_samples_per_s": samples_per_s, "train_tokens_per_s": samples_per_s * tokens_per_sample,
         "flops_per_sample": flops_per_step / cfg.batch_size, "achieved_flops_per_s": flops_per_step / step_seconds,
         "matmul_peak_flops_per_s": peak, "mfu": flops_per_step / step_seconds / peak,
@@ -148,6 +131,20 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "torch": torch.__version__, "git_commit": git_state(), "python": sys.version.split()[0],
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def _loader_rate(trainer, batches: int, workers: int) -> float:
+    """Samples/s of the training input pipeline alone (the trainer's dataset through its loader), after the
+    first batch (worker start-up)."""
+    from pipeline.train.loader import make_loader
+
+    cfg = trainer.cfg
+    loader = make_loader(trainer.dataset, cfg, 0, 1, 0, batches, workers)
+    first = None
+    for i, _ in enumerate(loader):
+        if i == 0:
+            first = time.perf_counter()
+    return cfg.batch_size * (batches - 1) / (time.perf_counter() - first)
 
 
 SAME_SETUP = ("modality", "method", "preset", "batch_size", "device", "precision")

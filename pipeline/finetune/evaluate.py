@@ -188,7 +188,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
     from pipeline.finetune import config as finetune_config
     from pipeline.finetune.data import LabeledBatches
     from pipeline.finetune.model import build_encoder, build_task_model
-    from pipeline.pretrain.stage import autocast_dtype
+    from pipeline.train.optim import autocast_dtype
 
     torch.set_flush_denormal(True)
     ckpt = checkpoint.load(args.checkpoint)

@@ -1,14 +1,13 @@
 """Pretraining batches from the shards: decoding, augmentation, cropping, text packing and masks, all in
 DataLoader workers and all a pure function of (seed, update, sample ids).
 
-The sampler hands each worker `(update, ids)`: the update number and this rank's rows of that global batch
-(pipeline/data/shard_reader.py). The dataset turns them into the model's batch dict, with the clone-batch masks
-precomputed by `model.masking.make_mask` (so the model never draws them on the hot path).
+The loader (pipeline/train/loader.py) hands each worker `(update, ids)`: the update number and this rank's rows of
+that global batch (pipeline/data/shard_reader.py). The dataset turns them into the model's batch dict, with the
+clone-batch masks precomputed by `model.masking.make_mask` (so the model never draws them on the hot path).
 """
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import torch.nn.functional as F
 
 from model.masking import make_mask
 from pipeline.errors import UserInputError
-from pipeline.data.shard_reader import IndexedShards, RankBatchSampler
+from pipeline.data.shard_reader import IndexedShards
 from pipeline.data.speech_source import MIN_SAMPLES
 from pipeline.pretrain.config import PretrainConfig
 
@@ -162,38 +161,3 @@ def pack_text_blocks(shard_dir: Path, split: str, tokenizer_path: Path | None, b
         raise UserInputError(f"{shard_dir}: split {split!r} has {len(stream)} tokens, fewer than one block of {block_size}")
     tokens = torch.tensor(stream[: num_blocks * body], dtype=torch.long).view(num_blocks, body)
     return torch.cat([torch.full((num_blocks, 1), bos, dtype=torch.long), tokens], dim=1)
-
-
-def make_loader(dataset: PretrainBatches, cfg: PretrainConfig, rank: int, world_size: int, start_update: int,
-                stop_update: int, workers: int) -> torch.utils.data.DataLoader:
-    """Micro-batches for updates [start_update, stop_update): each update's rank rows are split into
-    grad_accum consecutive micro-batches, so accumulation never changes which samples make an update."""
-    rank_batches = RankBatchSampler(dataset.num_samples, cfg.batch_size, rank, world_size, cfg.seed, start_update, stop_update)
-
-    def micro_batches() -> Iterator[tuple[int, list[int]]]:
-        micro = cfg.micro_batch(world_size)
-        for update, ids in zip(range(start_update, stop_update), rank_batches):
-            for k in range(cfg.grad_accum):
-                yield update, ids[k * micro : (k + 1) * micro]
-
-    class _Sampler(torch.utils.data.Sampler):
-        def __len__(self) -> int:
-            return (stop_update - start_update) * cfg.grad_accum
-
-        def __iter__(self):
-            return micro_batches()
-
-    return torch.utils.data.DataLoader(
-        dataset, sampler=_Sampler(), batch_size=None, num_workers=workers, persistent_workers=False,
-        prefetch_factor=4 if workers > 0 else None,
-        # its own generator: starting the loader must not draw from the global RNG a resumed run restores
-        generator=torch.Generator().manual_seed(cfg.seed),
-        worker_init_fn=_die_with_trainer,
-    )
-
-
-def _die_with_trainer(worker_id: int) -> None:
-    """Loader workers go when their trainer goes (at once, instead of at PyTorch's next watchdog poll)."""
-    from pipeline.train.distributed import die_with_launcher
-
-    die_with_launcher()
