@@ -1,8 +1,10 @@
 """Benchmark curves and verdicts as data (no rendering, no I/O): what the report draws and states.
 
 Input: reports/metrics.json records, each with modality, method, seed, pretrain_updates, pretrain_seconds,
-pretrain_flops, protocol, task, metric, value (and split). `method` is a pretraining method or a floor
-(`random_init`, `raw_input`). Output, per (modality, protocol, task, metric, split):
+pretrain_flops, protocol, task, metric, value (and split). `method` is a pretraining method or a floor:
+`random_init` (the same encoder at initialisation, same protocol), `raw_input` (the probe on the raw input) or
+`scratch` (fine-tuned from random weights: the finetune protocol's random_init). Output, per (modality,
+protocol, task, metric, split):
   curves    each method's points, one per update budget: mean and spread (sample standard deviation, 0 for one
             seed) of the score over seeds, the mean seconds and FLOPs, and whether the point lies below a floor;
   floors    mean and spread of each floor over its seeds;
@@ -13,8 +15,8 @@ When is a speed-up stated? Two scores differ "beyond the spread" when their mean
 their spreads plus `noise_floor` (their error bars do not overlap). The speed-up over a baseline is the ratio of
 the costs at which each method first comes within the spread of the baseline's best score (the paper's
 "reaches the baseline's accuracy in 1/x of the time"), stated only when
-  1. each curve has at least `min_seeds` seeds at every point (one seed has no spread to compare against);
-  2. both methods' best points are above the random_init floor beyond the spread;
+  1. both methods' best points are above the random_init floor (scratch for finetune) beyond the spread;
+  2. each curve has at least `min_seeds` seeds at every point (one seed has no spread to compare against);
   3. the baseline's curve is not flat (its best is beyond the spread of its cheapest point: otherwise its cost
      to reach its best is only the smallest budget tried);
   4. data2vec 2.0 comes within the spread of the baseline's best at some budget (else: "not_reached" when the
@@ -34,7 +36,9 @@ from typing import Any
 
 from pipeline.finetune.metrics import LOWER_IS_BETTER
 
-FLOORS = ("random_init", "raw_input")
+FLOORS = ("random_init", "raw_input", "scratch")
+# the floor a speed-up must clear: the encoder at initialisation under the same protocol
+RANDOM_INIT = ("random_init", "scratch")
 REFERENCE = "data2vec2"
 GROUP_KEYS = ("modality", "protocol", "task", "metric", "split")
 
@@ -116,9 +120,6 @@ def speedup(reference: list[dict[str, Any]], baseline: list[dict[str, Any]], flo
         return {**out, "reason": f"no curve for {ref_name if not reference else base_name}"}
     if floor is None:
         return {**out, "reason": "no random_init floor to compare against"}
-    seeds = min(p["n"] for p in reference + baseline)
-    if seeds < min_seeds:
-        return {**out, "reason": f"{seeds} seed(s) per point: the seed spread is unknown (needs {min_seeds})"}
     cmp = _Compare(metric, noise_floor)
     base_best, ref_best = cmp.best(baseline), cmp.best(reference)
     out["target"] = base_best["mean"]
@@ -126,6 +127,10 @@ def speedup(reference: list[dict[str, Any]], baseline: list[dict[str, Any]], flo
         if not cmp.above(best, floor):
             return {**out, "reason": f"below the floor: {name}'s best {_fmt(best)} is not above random_init "
                                      f"{_fmt(floor)} beyond the spread"}
+    seeds = min(p["n"] for p in reference + baseline)
+    if seeds < min_seeds:
+        return {**out, "reason": f"{'one seed' if seeds == 1 else f'{seeds} seeds'}: spread unknown (a speed-up "
+                                 f"needs {min_seeds} seeds per point)"}
     if cmp.within(baseline[0], base_best):
         return {**out, "reason": f"flat: {base_name} is within the spread of its best {_fmt(base_best)} already at its "
                                  f"smallest budget ({baseline[0]['pretrain_updates']} updates)"}
@@ -194,8 +199,8 @@ def analyse_group(records: list[Mapping[str, Any]], metric: str, reference: str 
         top = cmp.best(points)
         reach = next(p for p in points if cmp.within(p, top))
         best[method] = {"mean": top["mean"], "spread": top["spread"], **_cost(top), "reached_within_spread": _cost(reach)}
-    speedups = {m: speedup(curves.get(reference, []), points, floors.get("random_init"), metric, min_seeds,
-                           noise_floor, (reference, m))
+    floor = next((floors[m] for m in RANDOM_INIT if m in floors), None)
+    speedups = {m: speedup(curves.get(reference, []), points, floor, metric, min_seeds, noise_floor, (reference, m))
                 for m, points in curves.items() if m != reference}
     return {"higher_is_better": higher_is_better(metric), "floors": floors, "curves": curves, "best": best,
             "speedups": speedups}

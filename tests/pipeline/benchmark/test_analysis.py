@@ -124,3 +124,21 @@ def test_speedup_from_the_smallest_budget_is_a_lower_bound():
     verdict = speedup(ref, base, summary([0.5, 0.51, 0.49]), "top1", names=("data2vec2", "mae"))
     assert verdict["verdict"] == "speedup" and verdict["at_least"] is True
     assert verdict["reference_cost"]["pretrain_updates"] == 100
+
+
+def test_scratch_is_the_finetune_protocols_random_init_floor():
+    keys = {"protocol": "finetune", "metric": "accuracy"}
+    data = (records("data2vec2", [0.30, 0.35, 0.41], **keys) + records("mae", [0.28, 0.33, 0.39], **keys)
+            + floor("scratch", 0.5, **keys))
+    group = one(analyse(data))
+    assert "scratch" in group["floors"] and "scratch" not in group["curves"]
+    assert all(p["below_scratch"] for p in group["curves"]["data2vec2"])
+    assert group["speedups"]["mae"]["reason"].startswith("below the floor")
+
+
+def test_one_seed_says_the_spread_is_unknown_and_below_the_floor_comes_first():
+    data = records("data2vec2", [0.60, 0.70, 0.80], seeds=(0,)) + records("mae", [0.55, 0.62, 0.70], seeds=(0,))
+    reason = one(analyse(data + floor("random_init", 0.5, seeds=(0,))))["speedups"]["mae"]["reason"]
+    assert reason.startswith("one seed: spread unknown")
+    reason = one(analyse(data + floor("random_init", 0.9, seeds=(0,))))["speedups"]["mae"]["reason"]
+    assert reason.startswith("below the floor")
