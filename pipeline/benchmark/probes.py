@@ -8,12 +8,13 @@ Everything is full-batch and starts from zeros: on CPU the same features give th
   knn        k-nearest neighbours on L2-normalised features, cosine similarity, each of the k neighbours voting
              for its class with weight exp(sim / T) (Wu et al. 2018 InstDisc; DINO `eval_knn.py`: k = 20,
              T = 0.07); `ks` may list several k, the best on valid is kept.
-  linear     multinomial logistic regression on features standardised with the train mean and std, trained to
-             convergence by full-batch L-BFGS (strong Wolfe line search), the L2 strength chosen on valid from
-             `l2_grid` (the fits warm-start from the next stronger one: the objective is strictly convex, so
-             the optimum does not depend on it).
-  ctc_probe  a linear layer from standardised frame features to letters + blank (id 0), CTC loss, trained to
-             convergence by full-batch L-BFGS, greedy (best path) decoding, corpus WER and CER (jiwer); the L2
+  linear     multinomial logistic regression on features standardised with the train mean and std, L2 penalty
+             on the weights, trained to convergence by full-batch L-BFGS (strong Wolfe line search; stops when
+             the largest gradient is below 1e-4, scikit-learn's tolerance, or the loss stops changing; solved
+             in scaled principal axes, see `PrincipalAxes`); the L2 strength chosen on valid from `l2_grid`,
+             which spans random-encoder features (best with almost none) to raw pixels (best near 1e-2).
+  ctc_probe  a linear layer from standardised frame features to letters + blank (id 0), CTC loss, trained by
+             the same full-batch L-BFGS, greedy (best path) decoding, corpus WER and CER (jiwer); the L2
              strength chosen on valid CER. Utterances whose transcript needs more frames than they have
              (label length + repeated neighbours > frames) have no CTC alignment: they are counted, left out of
              the loss, and still decoded and scored.
@@ -34,8 +35,8 @@ from pipeline.errors import UserInputError
 
 KNN_K = 20
 KNN_TEMPERATURE = 0.07
-L2_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
-CTC_L2_GRID = (1e-4, 1e-3, 1e-2)
+L2_GRID = (1e-8, 1e-6, 1e-4, 1e-2, 1.0)
+CTC_L2_GRID = (1e-6, 1e-4, 1e-2)
 
 Labeled = tuple[torch.Tensor, torch.Tensor]  # features (N, D), labels (N,)
 
@@ -84,10 +85,12 @@ def standardise(train_x: torch.Tensor, *others: torch.Tensor) -> list[torch.Tens
 
 def lbfgs(params: list[torch.Tensor], objective: Callable[[], torch.Tensor], max_iter: int,
           tolerance_grad: float) -> dict[str, Any]:
-    """Minimise `objective` over `params` (leaf tensors requiring grad) with full-batch L-BFGS + strong Wolfe.
-    Returns {"iterations", "converged" (largest |gradient| <= tolerance_grad), "loss"}."""
+    """Minimise `objective` over `params` (leaf tensors requiring grad) with full-batch L-BFGS + strong Wolfe,
+    until the largest |gradient| is below tolerance_grad, the loss or the step stops changing (at float32
+    resolution), or max_iter iterations. Returns {"iterations", "converged" (stopped before max_iter),
+    "max_grad", "loss"}."""
     optimizer = torch.optim.LBFGS(params, lr=1.0, max_iter=max_iter, max_eval=2 * max_iter, history_size=20,
-                                  tolerance_grad=tolerance_grad, tolerance_change=1e-12, line_search_fn="strong_wolfe")
+                                  tolerance_grad=tolerance_grad, tolerance_change=1e-9, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
@@ -97,41 +100,71 @@ def lbfgs(params: list[torch.Tensor], objective: Callable[[], torch.Tensor], max
 
     optimizer.step(closure)
     loss = closure()
-    largest = max(float(p.grad.abs().max()) for p in params)
-    return {"iterations": int(optimizer.state[params[0]]["n_iter"]), "converged": largest <= tolerance_grad,
-            "loss": float(loss.detach())}
+    iterations = int(optimizer.state[params[0]]["n_iter"])
+    return {"iterations": iterations, "converged": iterations < max_iter,
+            "max_grad": max(float(p.grad.abs().max()) for p in params), "loss": float(loss.detach())}
 
 
-def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float, max_iter: int = 1000,
-                 tolerance_grad: float = 1e-5, init: tuple[torch.Tensor, torch.Tensor] | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-    """Multinomial logistic regression: minimises mean cross-entropy + l2/2 |W|^2 (the bias is not penalised).
-    x (N, D) float, y (N,) -> weight (D, C), bias (C,), optimisation info."""
-    weight = (init[0].clone() if init else torch.zeros(x.shape[1], num_classes)).requires_grad_(True)
-    bias = (init[1].clone() if init else torch.zeros(num_classes)).requires_grad_(True)
-    info = lbfgs([weight, bias], lambda: F.cross_entropy(x @ weight + bias, y) + 0.5 * l2 * weight.pow(2).sum(),
-                 max_iter, tolerance_grad)
-    return weight.detach(), bias.detach(), info
+class PrincipalAxes:
+    """Linear heads with an L2 penalty on fixed train features x (N, D), solved in the principal axes of x.
+
+    Each axis is scaled by 1/sqrt(variance + l2): a change of variables, so the optimum is the same, that
+    brings the Hessian of a logistic loss close to the identity; plain L-BFGS on strongly correlated features
+    (a random encoder's, raw pixels) stops at 1,000 iterations short of the optimum. Axes along which the train
+    features do not vary are left out: the optimum puts no weight on them."""
+
+    def __init__(self, x: torch.Tensor):
+        centred = (x - x.mean(0)).double()
+        variances, basis = torch.linalg.eigh(centred.T @ centred / len(x))
+        keep = variances > 1e-9 * variances.max()  # above float64 rounding of exactly redundant axes
+        self.basis, self.variances = basis[:, keep].to(x.dtype), variances[keep].to(x.dtype)  # (D, k), (k,)
+        self.projected = x @ self.basis  # (N, k)
+
+    def fit(self, loss: Callable[[torch.Tensor], torch.Tensor], num_outputs: int, l2: float, max_iter: int = 1000,
+            tolerance_grad: float = 1e-4, init: tuple[torch.Tensor, torch.Tensor] | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """Minimise loss(x @ W + b) + l2/2 |W|^2 (the bias is not penalised): loss maps the train logits (N, C)
+        to a scalar. Returns W (D, C), b (C,) and `lbfgs`'s info; init: a previous optimum to start from."""
+        scale = (self.variances + l2).rsqrt()[:, None]  # W = basis @ (scale * u)
+        z = self.projected * scale.T
+        shape = (len(scale), num_outputs)
+        u = (self.basis.T @ init[0] / scale if init else torch.zeros(shape, dtype=z.dtype)).requires_grad_(True)
+        bias = (init[1].clone() if init else torch.zeros(num_outputs, dtype=z.dtype)).requires_grad_(True)
+        info = lbfgs([u, bias], lambda: loss(z @ u + bias) + 0.5 * l2 * (scale * u).pow(2).sum(), max_iter, tolerance_grad)
+        return (self.basis @ (scale * u)).detach(), bias.detach(), info
+
+
+def l2_path(axes: PrincipalAxes, loss: Callable[[torch.Tensor], torch.Tensor], num_outputs: int,
+            l2_grid: Sequence[float], max_iter: int, tolerance_grad: float,
+            validate: Callable[[torch.Tensor, torch.Tensor], Any]) -> dict[float, tuple]:
+    """l2 -> (W, b, optimisation info, validate(W, b)) for every strength of the grid, fitted from the strongest
+    down, each from the previous optimum (the logistic loss is convex: the start changes the path, not the
+    optimum; for CTC it is one deterministic choice of start)."""
+    fits, init = {}, None
+    for l2 in sorted(l2_grid, reverse=True):
+        weight, bias, info = axes.fit(loss, num_outputs, l2, max_iter, tolerance_grad, init)
+        init = (weight, bias)
+        fits[l2] = (weight, bias, info, validate(weight, bias))
+    return fits
 
 
 def linear(train: Labeled, valid: Labeled, test: Labeled, l2_grid: Sequence[float] = L2_GRID, max_iter: int = 1000,
-           tolerance_grad: float = 1e-5, metric: str = "top1") -> dict[str, Any]:
+           tolerance_grad: float = 1e-4, metric: str = "top1") -> dict[str, Any]:
     """Linear probe top-1: the L2 strength chosen on valid (the strongest on ties), test scored once."""
     num_classes = _num_classes(train[1], valid[1], test[1])
     train_x, valid_x, test_x = standardise(train[0].float(), valid[0].float(), test[0].float())
-    fits, grid, init = {}, {}, None
-    for l2 in sorted(l2_grid, reverse=True):
-        weight, bias, info = fit_logistic(train_x, train[1], num_classes, l2, max_iter, tolerance_grad, init)
-        init = (weight, bias)
-        fits[l2] = (weight, bias, info)
-        grid[l2] = _accuracy(valid_x @ weight + bias, valid[1])
+    axes = PrincipalAxes(train_x)
+    fits = l2_path(axes, lambda logits: F.cross_entropy(logits, train[1]), num_classes, l2_grid, max_iter, tolerance_grad,
+                   lambda weight, bias: _accuracy(valid_x @ weight + bias, valid[1]))
+    grid = {l2: fit[3] for l2, fit in fits.items()}
     best = max(grid, key=lambda l2: (grid[l2], l2))
-    weight, bias, info = fits[best]
+    weight, bias, _, _ = fits[best]
     return {"protocol": "linear", "split": "test", "metrics": {metric: _accuracy(test_x @ weight + bias, test[1])},
             "valid_metrics": {metric: grid[best]}, "selected": {"l2": best, "refit": False},
             "grid": {f"l2={l2:g}": grid[l2] for l2 in sorted(grid)},
             "optimisation": {f"l2={l2:g}": fits[l2][2] for l2 in sorted(fits)},
-            "counts": {"train": len(train[1]), "valid": len(valid[1]), "test": len(test[1])}}
+            "counts": {"train": len(train[1]), "valid": len(valid[1]), "test": len(test[1]),
+                       "principal_axes": len(axes.variances)}}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -164,11 +197,11 @@ class _Utterances:
         for row, (offset, length) in enumerate(zip(offsets.tolist(), self.target_lengths.tolist())):
             self.padded_targets[row, :length] = self.targets[offset : offset + length]
 
-    def log_probs(self, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """(T_max, N, V) log-probabilities; padded frames are ignored by the CTC loss and the decoding."""
-        logits = torch.zeros(int(self.lengths.max()), len(self.lengths), weight.shape[1])
-        logits = logits.index_put(self.frame_index, self.x @ weight + bias)
-        return logits.log_softmax(-1)
+    def log_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """Frame logits (sum T, V) -> (T_max, N, V) log-probabilities; padded frames are ignored by the CTC loss
+        and the decoding."""
+        padded = torch.zeros(int(self.lengths.max()), len(self.lengths), logits.shape[1], dtype=logits.dtype)
+        return padded.index_put(self.frame_index, logits).log_softmax(-1)
 
     def nll(self, log_probs: torch.Tensor, blank: int) -> torch.Tensor:
         """(N,) CTC negative log-likelihood of each transcript, in nats; 0 where infeasible (zero_infinity: an
@@ -183,7 +216,7 @@ def _ctc_scores(data: _Utterances, weight: torch.Tensor, bias: torch.Tensor, bla
     from pipeline.finetune.metrics import error_rates
 
     with torch.no_grad():
-        log_probs = data.log_probs(weight, bias)
+        log_probs = data.log_probs(data.x @ weight + bias)
         nll = data.nll(log_probs, blank)[data.feasible]
         hypotheses = [decode(letters) for letters in greedy_decode(log_probs.transpose(0, 1), data.lengths, blank)]
     rates = error_rates(data.references, hypotheses)
@@ -191,7 +224,7 @@ def _ctc_scores(data: _Utterances, weight: torch.Tensor, bias: torch.Tensor, bla
 
 
 def ctc_probe(train, valid, test, decode: Callable[[list[int]], str], vocab_size: int | None = None, blank: int = 0,
-              l2_grid: Sequence[float] = CTC_L2_GRID, max_iter: int = 300, tolerance_grad: float = 1e-5) -> dict[str, Any]:
+              l2_grid: Sequence[float] = CTC_L2_GRID, max_iter: int = 300, tolerance_grad: float = 1e-4) -> dict[str, Any]:
     """Linear CTC probe on frame features (FeatureSets with `frames` pooling; meta["references"] the transcripts).
 
     decode: letter ids -> text (features.letter_decoder). vocab_size: letters + blank (default: the features'
@@ -204,21 +237,16 @@ def ctc_probe(train, valid, test, decode: Callable[[list[int]], str], vocab_size
     if not fit.feasible.any():
         raise UserInputError("ctc_probe: no training utterance has as many frames as its transcript needs")
 
-    def objective(weight: torch.Tensor, bias: torch.Tensor, l2: float) -> torch.Tensor:
-        nll = fit.nll(fit.log_probs(weight, bias), blank)[fit.feasible]
+    def loss(logits: torch.Tensor) -> torch.Tensor:
+        nll = fit.nll(fit.log_probs(logits), blank)[fit.feasible]
         # per-letter NLL (F.ctc_loss reduction="mean") over the utterances that have an alignment
-        return (nll / fit.target_lengths[fit.feasible]).mean() + 0.5 * l2 * weight.pow(2).sum()
+        return (nll / fit.target_lengths[fit.feasible]).mean()
 
-    fits, grid, init = {}, {}, None
-    for l2 in sorted(l2_grid, reverse=True):
-        weight = (init[0].clone() if init else torch.zeros(train_x.shape[1], vocab_size)).requires_grad_(True)
-        bias = (init[1].clone() if init else torch.zeros(vocab_size)).requires_grad_(True)
-        info = lbfgs([weight, bias], lambda: objective(weight, bias, l2), max_iter, tolerance_grad)
-        init = (weight.detach(), bias.detach())
-        fits[l2] = (*init, info)
-        grid[l2] = _ctc_scores(data["valid"], *init, blank, decode)
+    fits = l2_path(PrincipalAxes(train_x), loss, vocab_size, l2_grid, max_iter, tolerance_grad,
+                   lambda weight, bias: _ctc_scores(data["valid"], weight, bias, blank, decode))
+    grid = {l2: fit[3] for l2, fit in fits.items()}
     best = min(grid, key=lambda l2: (grid[l2]["cer"], -l2))
-    weight, bias, _ = fits[best]
+    weight, bias, _, _ = fits[best]
     return {"protocol": "ctc_probe", "split": "test", "metrics": _ctc_scores(data["test"], weight, bias, blank, decode),
             "valid_metrics": grid[best], "selected": {"l2": best, "refit": False, "selected_on": "cer"},
             "grid": {f"l2={l2:g}": grid[l2]["cer"] for l2 in sorted(grid)},

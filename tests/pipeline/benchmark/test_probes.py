@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pipeline.benchmark.features import FeatureSet
-from pipeline.benchmark.probes import ctc_feasible, ctc_probe, knn, knn_scores, linear, records
+from pipeline.benchmark.probes import PrincipalAxes, ctc_feasible, ctc_probe, knn, knn_scores, lbfgs, linear, records
 
 
 def blobs(n_per_class: int, num_classes: int = 4, dim: int = 16, seed: int = 0, separation: float = 4.0):
@@ -60,6 +60,21 @@ def test_linear_probe_converges_separates_and_is_chance_on_random_labels(separab
     assert all(fit["converged"] for fit in result["optimisation"].values())
     assert result["valid_metrics"]["top1"] == max(result["grid"].values())
     assert linear(*random_labels, l2_grid=(1e-3, 1e-1))["metrics"]["top1"] < 0.45
+
+
+def test_logistic_regression_in_principal_axes_reaches_the_plain_optimum():
+    """The change of variables keeps the optimum: plain L-BFGS on W (float64, well conditioned) finds the same
+    weights; a redundant (duplicated) feature gets no axis of its own."""
+    x, y = blobs(30, num_classes=3, dim=5, seed=4, separation=1.0)
+    x = torch.cat([x, x[:, :1]], dim=1).double()  # a duplicate column: 5 axes of variance, not 6
+    axes = PrincipalAxes(x)
+    weight, bias, info = axes.fit(lambda logits: torch.nn.functional.cross_entropy(logits, y), 3, 1e-2, tolerance_grad=1e-9)
+    assert axes.basis.shape == (6, 5) and info["converged"]
+    w = torch.zeros(6, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    plain = lbfgs([w, b], lambda: torch.nn.functional.cross_entropy(x @ w + b, y) + 0.5e-2 * w.pow(2).sum(), 1000, 1e-9)
+    assert info["loss"] == pytest.approx(plain["loss"], abs=1e-8)
+    assert torch.allclose(weight, w.detach(), atol=1e-3) and torch.allclose(bias, b.detach(), atol=1e-3)
 
 
 def test_probes_are_deterministic(separable):
@@ -118,4 +133,4 @@ def test_records_follow_the_metrics_schema(separable):
     assert rows == [{"modality": "image", "method": "data2vec2", "seed": 0, "pretrain_updates": 100,
                      "task": "fashion_mnist", "protocol": "linear", "metric": "top1",
                      "value": result["metrics"]["top1"], "split": "test", "selected": {"l2": 1e-2, "refit": False},
-                     "counts": {"train": 240, "valid": 80, "test": 160}}]
+                     "counts": {"train": 240, "valid": 80, "test": 160, "principal_axes": 16}}]
