@@ -56,7 +56,7 @@ def resolve(modality: str, task: str, shard_dir: Path | None = None) -> Task:
     else:
         if not own_data and task not in EMBEDDED_TASKS[modality]:
             raise UserInputError(f"unknown {modality} task {task!r}: the embedded data has {list(EMBEDDED_TASKS[modality])}; "
-                                 "for your own data shard it and pass --shards DIR (see README, Fine-tuning)")
+                                 "for your own data shard it and pass --shards DIR (see docs/own-data.md)")
         names = {role: role for role in ("train", "valid", "test")}
         classes = index.get("classes")
     if names["train"] not in splits:
