@@ -14,20 +14,15 @@ from pipeline.train.pipes import PipesReport
 
 
 def loss_curve_png(records: list[dict[str, Any]], path: Path, title: str) -> None:
-    import matplotlib
+    from pipeline import plots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    fig, ax = plots.pyplot().subplots(figsize=(6, 3.2), dpi=100)
     ax.plot([r["update"] for r in records], [r["loss"] for r in records], lw=1.5)
     ax.set_xlabel("update")
     ax.set_ylabel("loss")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    plots.save(fig, path)
 
 
 class TrainLog:
