@@ -8,7 +8,8 @@ protocol, task, metric, split):
   curves    each method's points, one per update budget: mean and spread (sample standard deviation, 0 for one
             seed) of the score over seeds, the mean seconds and FLOPs, and whether the point lies below a floor;
   floors    mean and spread of each floor over its seeds;
-  best      each method's best point (the cheapest of equal means) and the cheapest point within its spread;
+  best      each method's best point (the cheapest of equal means), the cheapest point within its spread, and
+            how far it is from the random_init floor in the metric's direction (`vs_random_init`);
   speedups  data2vec 2.0 against each baseline, in seconds and in FLOPs, or "inconclusive" and why.
 
 When is a speed-up stated? Two scores differ "beyond the spread" when their means differ by more than the sum of
@@ -129,8 +130,8 @@ def speedup(reference: list[dict[str, Any]], baseline: list[dict[str, Any]], flo
                                      f"{_fmt(floor)} beyond the spread"}
     seeds = min(p["n"] for p in reference + baseline)
     if seeds < min_seeds:
-        return {**out, "reason": f"{'one seed' if seeds == 1 else f'{seeds} seeds'}: spread unknown (a speed-up "
-                                 f"needs {min_seeds} seeds per point)"}
+        return {**out, "reason": f"{'one seed' if seeds == 1 else f'{seeds} seeds'}: spread unknown; a speed-up "
+                                 f"needs {min_seeds} seeds per point"}
     if cmp.within(baseline[0], base_best):
         return {**out, "reason": f"flat: {base_name} is within the spread of its best {_fmt(base_best)} already at its "
                                  f"smallest budget ({baseline[0]['pretrain_updates']} updates)"}
@@ -194,12 +195,17 @@ def analyse_group(records: list[Mapping[str, Any]], metric: str, reference: str 
         for p in points:
             for name, floor in floors.items():
                 p[f"below_{name}"] = cmp.sign * (p["mean"] - floor["mean"]) < 0
+    floor_name = next((m for m in RANDOM_INIT if m in floors), None)
+    floor = floors.get(floor_name)
     best = {}
     for method, points in curves.items():
         top = cmp.best(points)
         reach = next(p for p in points if cmp.within(p, top))
-        best[method] = {"mean": top["mean"], "spread": top["spread"], **_cost(top), "reached_within_spread": _cost(reach)}
-    floor = next((floors[m] for m in RANDOM_INIT if m in floors), None)
+        # better_by > 0: better than the floor (higher accuracy, lower error), beyond_spread: by more than the spreads
+        versus = None if floor is None else {"floor": floor_name, "better_by": cmp.sign * (top["mean"] - floor["mean"]),
+                                             "beyond_spread": cmp.above(top, floor)}
+        best[method] = {"mean": top["mean"], "spread": top["spread"], "n": top["n"], **_cost(top),
+                        "reached_within_spread": _cost(reach), "vs_random_init": versus}
     speedups = {m: speedup(curves.get(reference, []), points, floor, metric, min_seeds, noise_floor, (reference, m))
                 for m, points in curves.items() if m != reference}
     return {"higher_is_better": higher_is_better(metric), "floors": floors, "curves": curves, "best": best,

@@ -142,3 +142,13 @@ def test_one_seed_says_the_spread_is_unknown_and_below_the_floor_comes_first():
     assert reason.startswith("one seed: spread unknown")
     reason = one(analyse(data + floor("random_init", 0.9, seeds=(0,))))["speedups"]["mae"]["reason"]
     assert reason.startswith("below the floor")
+
+
+def test_each_best_is_placed_against_the_random_init_floor():
+    keys = {"metric": "wer", "protocol": "ctc_probe", "task": "synth", "modality": "speech"}
+    data = records("data2vec2", [0.9, 0.8, 0.7], **keys) + records("data2vec1", [0.99, 0.98, 0.97], **keys)
+    best = one(analyse(data + floor("random_init", 0.95, **keys)))["best"]
+    assert best["data2vec2"]["vs_random_init"]["better_by"] == pytest.approx(0.25)  # WER 0.70 against 0.95
+    assert best["data2vec2"]["vs_random_init"]["beyond_spread"] is True
+    assert best["data2vec1"]["vs_random_init"]["better_by"] < 0 and not best["data2vec1"]["vs_random_init"]["beyond_spread"]
+    assert one(analyse(data))["best"]["data2vec2"]["vs_random_init"] is None
