@@ -130,12 +130,19 @@ def _benchmark_stages(stages) -> None:
                           "recipe and label fraction (scratch: one run from random weights) and write curve.json.")
     sweep_arguments(p)
 
-    p = stages.add_parser("report", help="write reports/benchmark.md, benchmark.html, metrics.json and plots",
-                          description="Collect every sweep's curve.json into reports/metrics.json (stamped with the git commit "
-                          "and the dvc.lock hash behind each number) and write the benchmark report with plots, speed-ups, "
-                          "throughput/MFU (reports/throughput/*.json) and the comparison with the paper.")
-    p.add_argument("--curves", nargs="*", help="curve.json files (default: the benchmark's sweeps, "
-                   "models/<modality>/<method>/sweep/<demo task>/curve.json of every method and scratch)")
+    p = stages.add_parser("report", help="write reports/benchmark.md, benchmark.html, metrics.json, headline.json and plots",
+                          description="Collect the benchmark's records (every method's and floor's probe records, every "
+                          "fine-tuning sweep) into reports/metrics.json, stamped with the git commit and the dvc.lock hash "
+                          "behind each number, and write the report: per modality and protocol, score against pretraining "
+                          "seconds and FLOPs with seed spread and the random_init/raw_input floors; best scores and their "
+                          "cost; data2vec 2.0's speed-ups where the curves separate above the floor (else 'inconclusive' "
+                          "and why); the paper's claims; throughput/MFU (reports/throughput/*.json) and effective batch; "
+                          "provenance. reports/headline.json is flat, for `dvc metrics show`. Missing inputs are named on "
+                          "stderr and in the report.")
+    p.add_argument("--records", "--curves", nargs="*", dest="records",
+                   help="records files instead of the benchmark's (default, for each modality of params.yaml benchmark: "
+                   "models/<modality>/<method>/probe/records.json of every method, random_init and raw_input, and "
+                   "models/<modality>/<method>/sweep/<task>/curve.json of every method and scratch)")
     p.add_argument("--out", default="reports", help="report folder (default: %(default)s)")
 
 

@@ -1,61 +1,126 @@
-"""The benchmark report from a small fixture metrics.json: every required section, correct speed-ups."""
+"""The benchmark report from fixture records (no training): speed-ups only where the analysis states them, else
+"inconclusive" and why; floors drawn and tabled; metrics.json in the record schema; headline.json flat."""
+import argparse
+import json
 import re
 
 import pytest
 
-from pipeline.benchmark.report import best_point, build, speedups, time_to_reach
+from pipeline.benchmark.report import SCHEMA, build, headline_metrics, run
+
+UPDATES = (100, 200, 400)
+COST = {"data2vec2": (1.5, 3e12), "data2vec1": (1.2, 2.5e12), "mae": (1.0, 2e12), "wav2vec2": (1.0, 2e12)}
+BATCH = 64
 
 
-def rec(modality, method, seconds, value, task="t", metric="top1"):
-    return {"modality": modality, "method": method, "preset": "tiny", "pretrain_seconds": seconds, "pretrain_updates": int(seconds),
-            "pretrain_samples": int(seconds) * 8, "device": "cpu", "world_size": 1, "task": task, "metric": metric,
-            "value": value, "split": "test", "git_commit": "abc123def456", "dvc_stage_hash": "0123456789ab"}
+def curve(method, means, jitter=0.005, seeds=(0, 1, 2), modality="image", protocol="linear", task="fashion_mnist",
+          metric="top1", seconds_scale=1.0):
+    """One record per (budget, seed) in the record schema: mean - jitter, mean, mean + jitter over three seeds."""
+    seconds, flops = COST[method]
+    return [{"modality": modality, "method": method, "preset": "tiny", "seed": seed, "pretrain_updates": updates,
+             "pretrain_samples": updates * BATCH, "pretrain_seconds": seconds * updates * seconds_scale,
+             "pretrain_flops": flops * updates, "device": "cpu", "world_size": 1, "protocol": protocol, "task": task,
+             "metric": metric, "value": mean + jitter * (seed - 1), "split": "test", "git_commit": "abc123def456",
+             "dvc_stage_hash": "0123456789ab", "layer": None, "pooling": "mean"}
+            for updates, mean in zip(UPDATES, means) for seed in seeds]
 
 
-FIXTURE = [
-    rec("image", "data2vec2", 10, 0.70), rec("image", "data2vec2", 20, 0.80),
-    {**rec("image", "data2vec2", 40, 0.85), "effective_batch": {"per_rank_micro_batch": 32, "world_size": 2, "grad_accum": 1,
-                                                                "clone_batch": 4, "samples_per_update": 64}},
-    rec("image", "mae", 10, 0.60), rec("image", "mae", 20, 0.70), rec("image", "mae", 40, 0.80),
-    rec("image", "scratch", 0, 0.50),
-    rec("speech", "data2vec2", 10, 0.9, "synth", "wer"), rec("speech", "data2vec2", 20, 0.5, "synth", "wer"),
-    rec("speech", "wav2vec2", 10, 0.95, "synth", "wer"), rec("speech", "wav2vec2", 20, 0.40, "synth", "wer"),
-]
-THROUGHPUT = [{"modality": "image", "method": "data2vec2", "preset": "tiny", "device": "x86_64 CPU, 2 threads", "precision": "float32",
-               "batch_size": 64, "clone_batch": 4, "train_samples_per_s": 266.9, "train_tokens_per_s": 13078.0,
-               "loader_samples_per_s": 3501.0, "mfu": 0.31, "matmul_peak_flops_per_s": 2.1e11}]
+def floor(method, value, seeds=(0, 1, 2), jitter=0.005, **keys):
+    base = {"modality": "image", "protocol": "linear", "task": "fashion_mnist", "metric": "top1", **keys}
+    return [{**base, "method": method, "preset": "tiny", "seed": s, "pretrain_updates": 0, "pretrain_samples": 0,
+             "pretrain_seconds": 0.0, "pretrain_flops": 0, "value": value + jitter * ((1 if s is None else s) - 1), "split": "test",
+             "git_commit": "abc123def456", "dvc_stage_hash": "0123456789ab"} for s in seeds]
 
 
-def test_speedup_arithmetic():
-    image = {"data2vec2": [(10, 0.70, {}), (20, 0.80, {}), (40, 0.85, {})], "mae": [(10, 0.6, {}), (20, 0.7, {}), (40, 0.8, {})]}
-    assert best_point("top1", image["mae"]) == (0.8, 40)
-    assert time_to_reach("top1", image["data2vec2"], 0.8) == 20
-    assert speedups("top1", image)["mae"]["speedup"] == pytest.approx(2.0)  # MAE needs 40 s, data2vec 2.0 20 s
-    speech = {"data2vec2": [(10, 0.9, {}), (20, 0.5, {})], "wav2vec2": [(10, 0.95, {}), (20, 0.4, {})]}
-    row = speedups("wer", speech)["wav2vec2"]  # lower is better: 0.4 is never reached by data2vec 2.0
-    assert row["baseline_best"] == 0.4 and row["data2vec2_time"] is None and row["speedup"] is None
+def floors(random_init, raw_input, **keys):
+    return floor("random_init", random_init, **keys) + floor("raw_input", raw_input, seeds=(None,), jitter=0, **keys)
 
 
-def test_report_has_every_section(tmp_path):
-    context = {"git_commit": "abc123", "dvc_lock_md5": "feedbeef", "hardware": "2-core CPU"}
-    headline = build(FIXTURE, THROUGHPUT, tmp_path, context)
+THROUGHPUT = [{"modality": "image", "method": m, "preset": "tiny", "device": "x86_64 CPU, 2 threads", "precision": "float32",
+               "batch_size": BATCH, "clone_batch": 8 if m == "data2vec2" else 1, "train_samples_per_s": 100.0,
+               "train_tokens_per_s": 4900.0, "loader_samples_per_s": 3501.0, "flops_per_sample": 4.2e9, "mfu": 0.31,
+               "matmul_peak_flops_per_s": 2.1e11} for m in ("data2vec2", "mae")]
+CONTEXT = {"git_commit": "abc123", "dvc_lock_md5": "feedbeef", "hardware": "2-core CPU"}
+
+# separated: data2vec 2.0 reaches mae's best (0.70 at 400 updates) at 200 updates, far above the floors
+SEPARATED = curve("data2vec2", [0.60, 0.70, 0.80]) + curve("mae", [0.55, 0.62, 0.70]) + floors(0.50, 0.45)
+
+
+def test_a_separated_fixture_states_the_speedup_in_seconds_and_flops(tmp_path):
+    result = build(SEPARATED, THROUGHPUT, tmp_path, CONTEXT)
     md = (tmp_path / "benchmark.md").read_text()
-    for section in ("## Headline", "## image: t", "## speech: synth", "## Where we agree and disagree with the paper", "## Throughput and MFU",
-                    "## Effective batch per pretraining run", "## Provenance"):
+    # seconds: mae 400 x 1.0 s / data2vec 2.0 200 x 1.5 s; FLOPs: 400 x 2e12 / (200 x 3e12)
+    assert "| mae | stated | 1.33x | 1.33x | data2vec2 is within the spread of mae's best" in md
+    assert "| linear | fashion_mnist | top1 | 0.8 ± 0.005 | 0.7 ± 0.005 | 0.5 ± 0.005 | 0.45 | 1.33x time, 1.33x FLOPs |" in md
+    assert re.search(r"\*\*image\*\*: the paper reports that data2vec 2.0 matches MAE's ImageNet-1K accuracy with 16.4x "
+                     r"less pretraining time; this run shows, linear top1: data2vec 2.0's best 0.8 ± 0.005 is above the "
+                     r"random_init floor \(0.5\), it reaches mae's best 1.33x faster in seconds and 1.33x faster in FLOPs\.",
+                     result["statements"][0])
+    headline = headline_metrics(result["groups"])
+    assert headline["image/linear/fashion_mnist/top1/speedup_seconds_vs_mae"] == pytest.approx(4 / 3)
+    assert headline["image/linear/fashion_mnist/top1/speedup_flops_vs_mae"] == pytest.approx(4 / 3)
+    assert headline["image/linear/fashion_mnist/top1/data2vec2_best"] == pytest.approx(0.8)
+    assert "⚠ Below" not in md
+
+
+def test_no_speedup_within_the_seed_spread_below_the_floor_or_with_one_seed(tmp_path):
+    records = (curve("data2vec2", [0.60, 0.64, 0.70], jitter=0.04) + curve("mae", [0.58, 0.66, 0.69], jitter=0.04)
+               + floors(0.40, 0.35)  # linear: within noise
+               + curve("data2vec2", [0.30, 0.35, 0.41], protocol="knn") + curve("mae", [0.28, 0.33, 0.39], protocol="knn")
+               + floors(0.556, 0.5, protocol="knn")  # knn: every pretrained point below random_init
+               + curve("data2vec2", [0.6, 0.7, 0.8], seeds=(0,), jitter=0, protocol="finetune", metric="accuracy")
+               + curve("mae", [0.55, 0.62, 0.7], seeds=(0,), jitter=0, protocol="finetune", metric="accuracy")
+               + floor("scratch", 0.5, seeds=(0,), jitter=0, protocol="finetune", metric="accuracy"))  # one seed
+    result = build(records, [], tmp_path, CONTEXT)
+    md = (tmp_path / "benchmark.md").read_text()
+    assert "| knn | fashion_mnist | top1 |" in md and "inconclusive (below the floor) |" in md
+    assert "inconclusive (within noise) |" in md and "inconclusive (one seed) |" in md
+    assert "| stated |" not in md and not re.search(r"\d\.\d\dx", md)  # no ratio anywhere
+    assert "| mae | inconclusive |  |  | one seed: spread unknown" in md
+    assert "⚠ Below the random_init floor (the encoder at initialisation scores better): data2vec2 at 100, 200, 400 " \
+           "updates; mae at 100, 200, 400 updates." in md
+    assert "| data2vec2 | 0.41 ± 0.005 | 3 | 400 | 600 | 1.2e+15 | 400 | worse by 0.146 ⚠ below the floor |" in md
+    sentence = result["statements"][0]
+    assert "knn top1: data2vec 2.0's best 0.41 ± 0.005 is below the random_init floor (0.556), speed-up over mae " \
+           "inconclusive (below the floor:" in sentence
+    assert "finetune accuracy: data2vec 2.0's best 0.8 is above the scratch floor (0.5), speed-up over mae " \
+           "inconclusive (one seed: spread unknown" in sentence
+    assert not any("speedup" in k for k in headline_metrics(result["groups"]))
+
+
+def test_floors_are_drawn_on_every_plot_and_tabled(tmp_path):
+    result = build(SEPARATED + floor("scratch", 0.52, protocol="finetune") + curve("mae", [0.6, 0.6, 0.6], protocol="finetune"),
+                   [], tmp_path, CONTEXT)
+    assert result["plots"]["image-linear-fashion_mnist-top1"] == {"methods": ["data2vec2", "mae"],
+                                                                  "floors": ["random_init", "raw_input"]}
+    assert result["plots"]["image-finetune-fashion_mnist-top1"]["floors"] == ["scratch"]
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["image-finetune-fashion_mnist-top1.png",
+                                                                      "image-linear-fashion_mnist-top1.png"]
+    md = (tmp_path / "benchmark.md").read_text()
+    assert "| random_init (floor) | 0.5 ± 0.005 | 3 | 0 | 0 | 0 |  |  |" in md and "| raw_input (floor) | 0.45 | 1 |" in md
+
+
+def test_report_has_every_section_and_a_self_contained_page(tmp_path):
+    slow = [{**r, "pretrain_seconds": r["pretrain_samples"] / 50.0} for r in curve("mae", [0.55, 0.62, 0.70])]
+    records = curve("data2vec2", [0.60, 0.70, 0.80], seconds_scale=0.5) + slow + floors(0.50, 0.45)
+    build(records, THROUGHPUT, tmp_path, {**CONTEXT, "missing": ["models/image/mae/probe/records.json"]})
+    md = (tmp_path / "benchmark.md").read_text()
+    for section in ("## Missing inputs", "## Headline", "### image", "## The paper's claims and what this run shows",
+                    "## image: linear on fashion_mnist (top1)", "## Throughput and MFU", "## Effective batch",
+                    "## Provenance"):
         assert section in md
-    assert "| mae | 0.8 | 40 | 20 | 2.00x |" in md
-    # the headline: one row per modality, every method's best (columns data2vec2, mae, wav2vec2, scratch)
-    assert "| image | t | top1 | 0.85 | 0.8 |  | 0.5 | 2.00x vs mae |" in md
-    assert "| speech | synth | wer | 0.5 |  | 0.4 |  | not reached vs wav2vec2 |" in md
-    assert "| image/data2vec2 | 32 x 2 x 1 x 4 | 64 |" in md  # the effective batch the sweep recorded
-    assert "below the paper's 16.4x" in md  # 2x < 16.4x: stated plainly
-    assert "did not reach wav2vec2's best wer" in md
-    assert "2-core CPU" in md and "feedbeef" in md and "abc123" in md and "31.0%" in md
-    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["image-t-top1.png", "speech-synth-wer.png"]
+    assert "`models/image/mae/probe/records.json`" in md
+    assert "2-core CPU" in md and "feedbeef" in md and "abc123" in md and "31.0%" in md and "| 4.2 |" in md
+    # mae's runs moved 50 samples/s against the throughput stage's 100: a busy machine; data2vec 2.0's did not
+    assert "Seconds measured on a busy machine are inflated" in md
+    assert "- image/mae: 9 of 9 runs at 0.50-0.50x the throughput stage's 100.0 samples/s (s0-u100, s0-u200, " in md
+    assert "image/data2vec2:" not in md
+    assert "| image | data2vec2 |  | 1 |  | 8 | 64 |" in md  # samples/update from the records, clones from throughput
+    assert "| image | data2vec2 | linear | 0, 1, 2 | 100, 200, 400 | 9 | `abc123def4` | `0123456789` |" in md
+    assert "| image | random_init | linear | 0, 1, 2 | 0 | 3 |" in md and "| image | raw_input | linear | none | 0 | 1 |" in md
     page = (tmp_path / "benchmark.html").read_text()
-    assert page.count("data:image/png;base64,") == 2 and "<script" not in page and 'src="http' not in page
-    assert re.search(r"<td>mae</td><td>0.8</td>", page)
-    assert headline["speedups"]["image-t-top1"]["mae"]["speedup"] == pytest.approx(2.0)
+    assert page.count("data:image/png;base64,") == 1 and "<script" not in page and 'src="http' not in page
+    assert "<h3>image</h3>" in page and re.search(r"<td>random_init \(floor\)</td><td>0.5 ± 0.005</td>", page)
 
 
 def test_a_record_without_required_fields_is_refused(tmp_path):
@@ -63,30 +128,45 @@ def test_a_record_without_required_fields_is_refused(tmp_path):
         build([{"modality": "image"}], [], tmp_path, {})
 
 
-def test_flat_curves_and_pretraining_below_scratch_are_stated(tmp_path):
-    records = [rec("speech", m, t, 1.0, "synth", "wer") for m in ("data2vec2", "wav2vec2") for t in (10, 20)]
-    records += [rec("speech", "scratch", 0, 1.0, "synth", "wer")]
-    records += [rec("text", "data2vec2", 10, 0.30, "lexname", "accuracy"), rec("text", "mlm", 10, 0.20, "lexname", "accuracy"),
-                rec("text", "scratch", 0, 0.35, "lexname", "accuracy")]
-    statements = build(records, [], tmp_path, {})["statements"]
-    assert any(s.startswith("**speech (synth, wer)**: every method scores 1 at every budget") for s in statements)
-    assert not any("speech" in s and "speed-up is" in s for s in statements)  # no speed-up read from flat curves
-    assert any(s.startswith("**text (lexname, accuracy)**: data2vec 2.0's best (0.3) is worse than no pretraining") for s in statements)
-    md = (tmp_path / "benchmark.md").read_text()
-    assert "| speech | synth | wer | 1 | 1 |  | 1 | curves do not separate |"  # data2vec2 wav2vec2 mlm scratch in md
-    # data2vec 2.0 had mlm's best at its first (and only) checkpoint: the speed-up is only a lower bound
-    assert "| text | lexname | accuracy | 0.3 |  | 0.2 | 0.35 | ≥1.00x vs mlm |" in md
-    assert any("speed-up is at least 1.00x; checkpoints this coarse cannot tell" in s for s in statements)
+def test_the_stage_reads_the_benchmark_inputs_stamps_them_and_names_the_missing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("benchmark:\n  image: {methods: [data2vec2, mae], task: fashion_mnist, "
+                                          "probes: [linear]}\n")
+    probes = {"data2vec2": curve("data2vec2", [0.6, 0.7, 0.8]), "mae": curve("mae", [0.55, 0.62, 0.7]),
+              "random_init": floor("random_init", 0.5)}
+    for method, rows in probes.items():
+        path = tmp_path / "models/image" / method / "probe"
+        path.mkdir(parents=True)
+        (path / "records.json").write_text(json.dumps([{k: v for k, v in r.items() if k not in ("git_commit", "dvc_stage_hash",
+                                                                                              "layer", "pooling")} for r in rows]))
+    sweep = tmp_path / "models/image/scratch/sweep/fashion_mnist"
+    sweep.mkdir(parents=True)
+    (sweep / "curve.json").write_text(json.dumps(floor("scratch", 0.4, protocol="finetune")))
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages:\n  probe_image@data2vec2:\n    outs:\n"
+                                       "    - path: models/image/data2vec2/probe\n      md5: 5eed.dir\n")
+    result = run(argparse.Namespace(records=None, out="reports"))
+    err = capsys.readouterr().err
+    assert "4 of 8 inputs not found" in err and "models/image/raw_input/probe/records.json" in err
+    assert "models/image/mae/sweep/fashion_mnist/curve.json" in err and "reports/throughput/image.json" in err
+    assert result["missing"] == ["models/image/raw_input/probe/records.json",
+                                 "models/image/data2vec2/sweep/fashion_mnist/curve.json",
+                                 "models/image/mae/sweep/fashion_mnist/curve.json", "reports/throughput/image.json"]
+    metrics = json.loads((tmp_path / "reports/metrics.json").read_text())
+    assert len(metrics) == 9 + 9 + 3 + 3 and all(set(SCHEMA) <= set(r) for r in metrics)
+    hashes = {r["method"]: r["dvc_stage_hash"] for r in metrics}
+    assert hashes == {"data2vec2": "5eed.dir", "mae": "not in dvc.lock", "random_init": "not in dvc.lock",
+                      "scratch": "not in dvc.lock"}
+    headline = json.loads((tmp_path / "reports/headline.json").read_text())
+    assert headline and all(isinstance(v, (int, float)) for v in headline.values())
+    assert headline["image/finetune/fashion_mnist/top1/scratch"] == pytest.approx(0.4)
+    md = (tmp_path / "reports/benchmark.md").read_text()
+    assert "## Missing inputs" in md and "`models/image/raw_input/probe/records.json`" in md
 
 
-def test_the_report_reads_the_benchmark_sweeps_and_names_the_missing(tmp_path, monkeypatch, capsys):
-    from pipeline.benchmark.report import benchmark_curves
+def test_no_records_at_all_is_a_user_error(tmp_path, monkeypatch):
+    from pipeline.errors import UserInputError
 
     monkeypatch.chdir(tmp_path)
-    for path in ("models/image/mae/sweep/fashion_mnist", "models/image/scratch/sweep/fashion_mnist", "models/image/mae/sweep/other"):
-        (tmp_path / path).mkdir(parents=True)
-        (tmp_path / path / "curve.json").write_text("[]")
-    found = [str(p) for p in benchmark_curves()]
-    assert found == ["models/image/mae/sweep/fashion_mnist/curve.json", "models/image/scratch/sweep/fashion_mnist/curve.json"]
-    err = capsys.readouterr().err
-    assert "10 of 12 benchmark sweeps not run yet" in err and "models/text/mlm/sweep/lexname/curve.json" in err
+    (tmp_path / "params.yaml").write_text("benchmark:\n  text: {methods: [data2vec2], task: lexname}\n")
+    with pytest.raises(UserInputError, match="no benchmark records"):
+        run(argparse.Namespace(records=None, out="reports"))
