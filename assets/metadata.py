@@ -68,9 +68,11 @@ def tokenizer_metadata(summary: dict[str, Any], tok, texts: list[str]) -> dict[s
 
 # --- training runs (after the Pipes subprocess) -----------------------------------------------------------------
 
-def reported_path(result: dg.MaterializeResult, key: str = "path") -> Path:
-    """A path the stage reported through Pipes (where it actually wrote)."""
-    value = (result.metadata or {})[key]
+def reported_path(result: dg.MaterializeResult, key: str = "path") -> Path | None:
+    """A path the stage reported through Pipes (where it actually wrote), or None if it reported none."""
+    value = (result.metadata or {}).get(key)
+    if value is None:
+        return None
     return Path(value.value if isinstance(value, dg.MetadataValue) else value)
 
 
@@ -81,9 +83,10 @@ def merged(result: dg.MaterializeResult, metadata: dict[str, Any]) -> dg.Materia
 
 
 def pretrain_metadata(out: Path) -> dict[str, Any]:
-    """The loss curve and the effective batch of a pretraining run in `out`."""
-    summary = json.loads((out / "summary.json").read_text())
-    return {"effective_batch": dg.MetadataValue.json(summary["effective_batch"]), **png_file(out / "loss_curve.png", "loss curve")}
+    """The loss curve and the effective batch of a pretraining run in `out` (each when the run wrote it)."""
+    summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
+    batch = {"effective_batch": dg.MetadataValue.json(summary["effective_batch"])} if "effective_batch" in summary else {}
+    return {**batch, **png_file(out / "loss_curve.png", "loss curve")}
 
 
 def finetune_metadata(out: Path) -> dict[str, Any]:
@@ -107,20 +110,22 @@ def finetune_metadata(out: Path) -> dict[str, Any]:
 
 
 def curve_markdown(records: list[dict[str, Any]]) -> str:
-    """A sweep's curve.json as one row per checkpoint and one column per metric."""
+    """A sweep's curve.json as one row per fine-tuning run (checkpoint and seed) and one column per metric."""
+    if not records:
+        return "_no fine-tuning runs_"
     metrics = list(dict.fromkeys(r["metric"] for r in records))
-    by_checkpoint: dict[str, dict[str, Any]] = {}
+    by_checkpoint: dict[tuple, dict[str, Any]] = {}
     for r in records:
-        by_checkpoint.setdefault(r["checkpoint"], {**r})[r["metric"]] = r["value"]
+        by_checkpoint.setdefault((r["checkpoint"], r.get("seed")), {**r})[r["metric"]] = r["value"]
     rows = "".join(f"| {r['pretrain_seconds']:.1f} | {r['pretrain_updates']} | " + " | ".join(f"{r[m]:.4f}" for m in metrics)
                    + f" | {r['checkpoint']} |\n" for r in by_checkpoint.values())
     return f"| pretraining seconds | updates | {' | '.join(metrics)} | checkpoint |\n|---|---|{'---|' * len(metrics)}---|\n{rows}"
 
 
-def sweep_metadata(out: Path, final_run: Path) -> dict[str, Any]:
-    """The time-to-accuracy curve of a sweep in `out`, and the full-budget run's result (`final_run`)."""
+def sweep_metadata(out: Path, final_run: Path | None) -> dict[str, Any]:
+    """The curve of a sweep in `out` and the result of its last run (`final_run`; None: the sweep ran none)."""
     records = json.loads((out / "curve.json").read_text())
-    return {**finetune_metadata(final_run), "curve": dg.MetadataValue.md(curve_markdown(records))}
+    return {**(finetune_metadata(final_run) if final_run else {}), "curve": dg.MetadataValue.md(curve_markdown(records))}
 
 
 # --- benchmark --------------------------------------------------------------------------------------------------

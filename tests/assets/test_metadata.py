@@ -53,3 +53,9 @@ def test_the_stage_report_is_kept_and_extended(tmp_path):
     assert merged.metadata["effective_batch"].value == {"samples_per_update": 8}
     assert "data:image/png;base64" in merged.metadata["loss_curve"].value
     assert md.merged(reported, {"final_loss": 0.0}).metadata["final_loss"] == 1.5  # the stage's own numbers win
+
+
+def test_a_sweep_that_ran_nothing_still_shows_its_empty_curve(tmp_path):
+    (tmp_path / "curve.json").write_text("[]")
+    assert md.sweep_metadata(tmp_path, None)["curve"].value == "_no fine-tuning runs_"
+    assert md.reported_path(dg.MaterializeResult(metadata={"path": dg.MetadataValue.path("x")}), "final_run") is None
