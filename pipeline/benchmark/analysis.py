@@ -18,8 +18,8 @@ the costs at which each method first comes within the spread of the baseline's b
 "reaches the baseline's accuracy in 1/x of the time"), stated only when
   1. both methods' best points are above the random_init floor (scratch for finetune) beyond the spread;
   2. each curve has at least `min_seeds` seeds at every point (one seed has no spread to compare against);
-  3. the baseline's curve is not flat (its best is beyond the spread of its cheapest point: otherwise its cost
-     to reach its best is only the smallest budget tried);
+  3. the baseline's curve has more than one budget and is not flat (its best is beyond the spread of its cheapest
+     point: otherwise its cost to reach its best is only the smallest budget tried);
   4. data2vec 2.0 comes within the spread of the baseline's best at some budget (else: "not_reached" when the
      baseline's best is above data2vec 2.0's beyond the spread, "within noise" otherwise).
   5. at equal cost (each curve interpolated linearly in log-cost, never extrapolated), the faster method's curve
@@ -132,6 +132,9 @@ def speedup(reference: list[dict[str, Any]], baseline: list[dict[str, Any]], flo
     if seeds < min_seeds:
         return {**out, "reason": f"{'one seed' if seeds == 1 else f'{seeds} seeds'}: spread unknown; a speed-up "
                                  f"needs {min_seeds} seeds per point"}
+    if len(baseline) == 1:
+        return {**out, "reason": f"one budget: {base_name} has a single point ({baseline[0]['pretrain_updates']} updates), "
+                                 "so the cost at which it first reached its best is unknown"}
     if cmp.within(baseline[0], base_best):
         return {**out, "reason": f"flat: {base_name} is within the spread of its best {_fmt(base_best)} already at its "
                                  f"smallest budget ({baseline[0]['pretrain_updates']} updates)"}

@@ -152,3 +152,12 @@ def test_each_best_is_placed_against_the_random_init_floor():
     assert best["data2vec2"]["vs_random_init"]["beyond_spread"] is True
     assert best["data2vec1"]["vs_random_init"]["better_by"] < 0 and not best["data2vec1"]["vs_random_init"]["beyond_spread"]
     assert one(analyse(data))["best"]["data2vec2"]["vs_random_init"] is None
+
+
+def test_a_baseline_with_one_budget_gives_no_speedup():
+    keys = {"protocol": "finetune", "metric": "accuracy"}
+    data = ([r for r in records("data2vec2", [0.6, 0.7, 0.8], **keys) if r["pretrain_updates"] == 400]
+            + [r for r in records("mae", [0.55, 0.62, 0.70], **keys) if r["pretrain_updates"] == 400]
+            + floor("scratch", 0.5, **keys))
+    verdict = one(analyse(data))["speedups"]["mae"]
+    assert verdict["verdict"] == "inconclusive" and verdict["reason"].startswith("one budget: mae has a single point")
