@@ -303,7 +303,8 @@ def _shows(group: dict[str, Any], baseline: str) -> str:
         return head + "no data2vec 2.0 curve"
     versus = best.get("vs_random_init")
     if versus:
-        standing = ("above" if versus["beyond_spread"] else "below" if versus["better_by"] < 0 else "not above")
+        standing = ("better than" if versus["beyond_spread"] else "worse than" if versus["better_by"] < 0
+                    else "not better, beyond the spread, than")
         head += (f"data2vec 2.0's best {_score(best)} is {standing} the {versus['floor']} floor "
                  f"({group['floors'][versus['floor']]['mean']:.4g}), ")
     else:
@@ -368,10 +369,12 @@ def slow_runs(records: list[dict[str, Any]], throughput: list[dict[str, Any]]) -
             slow[(run["modality"], run["method"])].append((run, rate, stage["train_samples_per_s"]))
     warnings = []
     for (modality, method), rows in sorted(slow.items()):
-        ratios = sorted(rate / stage for _, rate, stage in rows)
-        where = ", ".join(f"s{r.get('seed')}-u{r['pretrain_updates']}" for r, _, _ in rows)
-        warnings.append(f"{modality}/{method}: {len(rows)} of {runs[(modality, method)]} runs at "
-                        f"{ratios[0]:.2f}-{ratios[-1]:.2f}x the throughput stage's {rows[0][2]:.1f} samples/s ({where})")
+        ratios = sorted(f"{rate / stage:.2f}" for _, rate, stage in rows)
+        total = runs[(modality, method)]
+        which = (f"all {total} runs" if len(rows) == total else f"{len(rows)} of {total} runs ("
+                 + ", ".join(f"seed {r.get('seed')} at {r['pretrain_updates']} updates" for r, _, _ in rows) + ")")
+        warnings.append(f"{modality}/{method}: {which} at {'-'.join(dict.fromkeys([ratios[0], ratios[-1]]))}x the "
+                        f"throughput stage's {rows[0][2]:.1f} samples/s")
     return warnings
 
 
