@@ -550,20 +550,18 @@ def run(args) -> dict[str, Any]:
     import hashlib
     import platform
 
-    from pipeline.config import MODALITIES
     from pipeline import paths
     from pipeline.errors import UserInputError
     from pipeline.io import atomic_write_json
 
-    if args.records:
-        inputs, throughput_paths = [Path(p) for p in args.records], [paths.throughput_path(m) for m in MODALITIES]
-    else:
-        inputs, throughput_paths = benchmark_inputs()
+    inputs, throughput_paths = ([Path(p) for p in args.records], None) if args.records else benchmark_inputs()
+    records = collect([p for p in inputs if p.exists()], Path("dvc.lock"))
+    if throughput_paths is None:  # given records: the throughput of their modalities
+        throughput_paths = [paths.throughput_path(m) for m in dict.fromkeys(r["modality"] for r in records)]
     missing = [p for p in inputs + throughput_paths if not p.exists()]
     if missing:
         print(f"report: {len(missing)} of {len(inputs) + len(throughput_paths)} inputs not found (not run yet), left out: "
               + ", ".join(map(str, missing)), file=sys.stderr)
-    records = collect([p for p in inputs if p.exists()], Path("dvc.lock"))
     if not records:
         raise UserInputError("no benchmark records (models/<modality>/<method>/probe/records.json, "
                              ".../sweep/<task>/curve.json); run `python -m pipeline probe` or `sweep` first")
