@@ -4,8 +4,9 @@ model FLOPs utilization (MFU) against this machine's measured matmul peak; appen
   peak   best FLOP/s of square matmuls in the training dtype (what the hardware delivers here, not a datasheet)
   step   `Trainer.train_step` (pipeline/train/trainer.py), the step pretraining runs: forward and backward under
          autocast in DDP (a world of one), NaN guard, clipping, optimizer, grad scaler and schedule steps, the EMA
-         update; one real batch, averaged after warm-up steps
-  FLOPs  counted by torch.utils.flop_counter.FlopCounterMode on that same batch (matmul, conv, attention)
+         update; the first batch of a run (update 0), averaged after warm-up steps
+  FLOPs  `Trainer.step_flops` on that same batch (FlopCounterMode: matmul, conv, attention), as the benchmark's
+         pretraining runs count theirs
   MFU    FLOPs per step / step time / peak
   loader the full input pipeline (read shards, decode, augment/crop/pack, masks) through a DataLoader
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -66,19 +66,10 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def device_name(device) -> str:
-    import torch
-
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
-
-
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     """One record: the loader's rate and the MFU of `Trainer.train_step` (pipeline/train/trainer.py), the step
     pretraining runs, on one real batch of `--batch-size` samples in one process (a world of one)."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     from pipeline import config as P
     from pipeline import paths
@@ -86,9 +77,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     from pipeline.pretrain.stage import build_configs
     from pipeline.pretrain.trainer import Pretrainer
     from pipeline.train import distributed
+    from pipeline.train.distributed import device_name
     from pipeline.train.launch import RunOptions
 
-    args.max_updates = args.budget_seconds = None
+    args.max_updates = args.budget_seconds = args.seed = None
     cfg, model_cfg = build_configs(args, P.load(args.params))
     if args.batch_size:
         cfg.batch_size = args.batch_size
@@ -101,22 +93,19 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     try:
         trainer = Pretrainer(cfg, model_cfg, d, None, shard_dir, tokenizer, RunOptions(workers=args.workers, progress=False))
         loader_rate = _loader_rate(trainer, args.loader_batches, args.workers)
-        batch = {k: v.to(d.device) for k, v in trainer.dataset[(0, list(range(cfg.batch_size)))].items()
-                 if k not in ("ids", "update")}
-        with FlopCounterMode(display=False) as counter:
-            trainer.train_step([batch])
-        flops_per_step = counter.get_total_flops()
+        batch = trainer.first_update()
+        flops_per_step = trainer.step_flops(batch)
         for _ in range(args.warmup):
-            trainer.train_step([batch])
+            trainer.train_step(batch)
         _sync(d.device)
         start = time.perf_counter()
         for _ in range(args.steps):
-            trainer.train_step([batch])
+            trainer.train_step(batch)
         _sync(d.device)
         step_seconds = (time.perf_counter() - start) / args.steps
         dtype = trainer.dtype
         peak = matmul_peak_flops(d.device, dtype or torch.float32, 4096 if d.device.type == "cuda" else 1024)
-        tokens_per_sample = trainer.dataset.tokens_per_sample(batch)
+        tokens_per_sample = trainer.dataset.tokens_per_sample(batch[0])
     finally:
         distributed.teardown()
     samples_per_s = cfg.batch_size / step_seconds

@@ -75,6 +75,16 @@ def setup(device: str = "auto", timeout_s: int = 1800) -> Dist:
     return Dist(rank, local_rank, world, dev)
 
 
+def device_name(device: torch.device | str) -> str:
+    """What trained: the GPU's name, or the CPU and the threads torch uses."""
+    import platform
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
 def leave_together() -> None:
     """The end of a successful run: every rank waits here until all are done, so no rank shuts its connections
     down (or exits) while another still evaluates, writes results or communicates."""

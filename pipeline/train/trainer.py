@@ -267,17 +267,21 @@ class Trainer:
             stats = self.train_step(micro_batches)
             done = self.state["update"]
             elapsed = self.state["train_seconds"] = self.elapsed()
-            samples_per_s = self.cfg.batch_size * (done - resumed_at[0]) / max(1e-9, elapsed - resumed_at[1])
-            record = {"update": done, "seconds": round(elapsed, 3), "samples_per_s": samples_per_s,
-                      "tokens_per_s": samples_per_s * (self.tokens_per_sample or 0), **stats}
-            self.log.step(record)
-            window.append(stats["loss"])
-            if self.log_due(done):
-                record["loss"] = self.mean_loss = sum(window) / len(window)
-                window = []
-                self.on_log(record)
-                self.log.write(record)
-            if self.end_of_update(done):
+            # train_seconds is the loop's own time (waiting for batches, the steps): logs, validation and
+            # checkpoint writes are a recipe's choices, not the cost of training
+            with self.untimed():
+                samples_per_s = self.cfg.batch_size * (done - resumed_at[0]) / max(1e-9, elapsed - resumed_at[1])
+                record = {"update": done, "seconds": round(elapsed, 3), "samples_per_s": samples_per_s,
+                          "tokens_per_s": samples_per_s * (self.tokens_per_sample or 0), **stats}
+                self.log.step(record)
+                window.append(stats["loss"])
+                if self.log_due(done):
+                    record["loss"] = self.mean_loss = sum(window) / len(window)
+                    window = []
+                    self.on_log(record)
+                    self.log.write(record)
+                stop = self.end_of_update(done)
+            if stop:
                 break
 
     def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
@@ -317,6 +321,29 @@ class Trainer:
         group = self.optimizer.param_groups[0]
         stats.update(lr=group["lr"] / group.get("lr_scale", 1.0), grad_norm=float(grad_norm))
         return stats
+
+    def first_update(self) -> list[dict[str, torch.Tensor]]:
+        """This rank's micro-batches of update 0 (the model's inputs, on the device): the first batch of every run
+        with this seed and data config (pipeline/train/loader.py), read in this process."""
+        loader = make_loader(self.dataset, self.cfg, self.dist.rank, self.dist.world_size, 0, 1, workers=0)
+        _, micro_batches = next(updates(loader, self.cfg.grad_accum))
+        return [{k: v.to(self.device) for k, v in mb.items()} for mb in micro_batches]
+
+    def step_flops(self, micro_batches: list[dict[str, torch.Tensor]]) -> int:
+        """FLOPs of one `train_step` on this rank's `micro_batches`, summed over ranks: what
+        torch.utils.flop_counter.FlopCounterMode counts (matmuls, convolutions, attention) in the forward and
+        backward passes of everything the step runs (student, EMA teacher, decoder). A pure function of the model
+        config and the batch shapes (speech: also of the utterance lengths, which set the masks).
+
+        The step is taken: weights, optimizer, schedule and RNG move on. Count on a trainer that is timed
+        afterwards (the throughput stage) or thrown away (the benchmark's runs)."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:
+            self.train_step(micro_batches)
+        total = torch.tensor([counter.get_total_flops()], dtype=torch.int64, device=self.device)
+        torch.distributed.all_reduce(total)
+        return int(total.item())
 
     def save(self, name: str) -> None:
         """out/`name` (rank 0, atomically): the model (`model_state`), optimizer, scheduler, grad scaler, every

@@ -5,6 +5,7 @@ The recipes on real data (1 vs 2 processes, SIGKILL resume, budgets) are tested 
 tests/pipeline/pretrain and tests/pipeline/finetune."""
 import dataclasses
 import json
+import time
 
 import pytest
 import torch
@@ -168,6 +169,33 @@ def test_fit_resumes_exactly_and_only_the_same_run(world, tmp_path, capsys):
     ToyTrainer(dataclasses.replace(ToyConfig(), lr=0.01), None, world, out, options).fit()
     assert "is from another run" in capsys.readouterr().err
     assert json.loads((out / "summary.json").read_text())["updates"] == 6
+
+
+class SlowSavingTrainer(ToyTrainer):
+    """Each checkpoint write takes 0.2 s more."""
+
+    def save(self, name):
+        time.sleep(0.2)
+        super().save(name)
+
+
+def test_train_seconds_leave_out_checkpoint_writes(world, tmp_path):
+    summary = SlowSavingTrainer(ToyConfig(), None, world, tmp_path, RunOptions(workers=0, progress=False)).fit()
+    assert summary["updates"] == 6  # last.pt after updates 2, 4 and 6: 0.6 s of writes, none of it training
+    assert summary["train_seconds"] < 0.3, summary["train_seconds"]
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["seconds"] < 0.3
+
+
+def test_step_flops_count_the_first_update_of_the_run(world):
+    cfg = dataclasses.replace(ToyConfig(), grad_accum=2)
+    a, b = ToyTrainer(cfg, None, world, None), ToyTrainer(dataclasses.replace(cfg, seed=1), None, world, None)
+    batches = a.first_update()
+    assert [len(mb["x"]) for mb in batches] == [4, 4] and all(set(mb) == {"x", "y"} for mb in batches)
+    # a linear layer 4 -> 1 on 8 rows: forward 2 x 8 x 4 x 1, backward as much again (the weight's gradient; the
+    # input needs none), over both micro-batches
+    assert a.step_flops(batches) == 2 * (2 * 8 * 4) and a.state["update"] == 1
+    assert b.step_flops(b.first_update()) == a.step_flops(a.first_update())  # same shapes, same count
 
 
 def test_torchrun_workers_get_the_command_without_nproc():
