@@ -1,5 +1,7 @@
 """params.yaml, the one place hyper-parameters and data sizes live: loading it, the one `merge` that turns its
-blocks into typed configs, the modalities, and what the benchmark runs per modality (`benchmark`).
+blocks into typed configs, the modalities, and what the benchmark runs: per modality (`benchmark`), at which
+scale (`benchmark_scale`: seeds, update budgets, probe sizes) and which pretraining runs that makes
+(`benchmark_runs`).
 
 No torch here: the Dagster code location and DVC-facing code import this module at load time.
 """
@@ -158,33 +160,130 @@ TOKENIZER = {"speech": SpeechTokenizer, "text": TextTokenizer}  # the modalities
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# the benchmark: params.yaml benchmark.<modality>, read by dvc.yaml (foreach), the Dagster graph and the report
+# the benchmark: params.yaml benchmark, read by dvc.yaml (foreach), the Dagster graph, the pretrain stage
+# (--benchmark), the probes, the sweeps and the report
+
+PROBES = ("knn", "linear", "ctc_probe")  # frozen-feature protocols (pipeline/benchmark/probes.py)
+POOLINGS = ("mean", "cls", "frames")  # of patches / tokens / frames (pipeline/benchmark/features.py)
+FINETUNE = ("final", "none")  # fine-tune the final (largest-budget) run of every seed, or nothing
+SPLITS = ("train", "valid", "test")
+SCALE_KEYS = ("scale", "scales")  # the other keys of `benchmark` are modalities
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Benchmark:
     """What the benchmark runs for one modality."""
 
-    methods: tuple[str, ...]  # pretraining methods compared; each is fine-tuned on `task` (and so is `scratch`)
-    task: str  # the downstream task of every fine-tuning sweep
-    linear_probe: tuple[str, ...] = ()  # methods whose final encoder also gets a linear probe on `task`
+    methods: tuple[str, ...]  # pretraining methods compared
+    task: str  # the labeled task of the probes and fine-tuning (pipeline/finetune/tasks.py)
+    probes: tuple[str, ...] = ()  # frozen-feature protocols, each a subset of PROBES
+    pooling: str = "mean"  # one of POOLINGS
+    layer: int | None = None  # the encoder block whose output is probed; None: the final (normalized) output
+    finetune: str = "final"  # one of FINETUNE
+    linear_probe: tuple[str, ...] = ()  # methods whose final encoder also gets the fine-tuning stage's linear probe
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ProbeSizes:
+    """Items per split the probes subsample (fixed seed), at most the split's size."""
+
+    train: int
+    valid: int
+    test: int
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Scale:
+    """One entry of params.yaml benchmark.scales: how much the benchmark runs."""
+
+    name: str
+    seeds: tuple[int, ...]  # every run, probe and fine-tuning is repeated per seed
+    budget_fractions: tuple[float, ...]  # each a complete pretraining run of round(f x max_updates) updates
+    probe_sizes: dict[str, int]  # {train, valid, test}
+    max_updates: dict[str, dict[str, int]]  # {modality: {method: the largest budget, in updates}}
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One pretraining run of the benchmark: its seed, its budget and its folder name under pretrain/."""
+
+    seed: int
+    updates: int
+    name: str
 
 
 def benchmark(params: dict[str, Any] | None = None) -> dict[str, Benchmark]:
-    """params.yaml `benchmark`, per modality in MODALITIES order (`params` default: load ./params.yaml)."""
+    """params.yaml `benchmark`, per modality in MODALITIES order (`params` default: load ./params.yaml).
+    Raises UserInputError for a missing block, an unknown key or value."""
     params = load() if params is None else params
     if not params.get("benchmark"):
         raise UserInputError("params.yaml: no `benchmark` block (benchmark.<modality>.methods, .task); see the "
                              "repository's params.yaml")
     node = params["benchmark"]
-    unknown = sorted(set(node) - set(MODALITIES))
+    unknown = sorted(set(node) - set(MODALITIES) - set(SCALE_KEYS))
     if unknown:
-        raise UserInputError(f"params.yaml benchmark: unknown modality {unknown}; known: {list(MODALITIES)}")
+        raise UserInputError(f"params.yaml benchmark: unknown key(s) {unknown}; known: {[*SCALE_KEYS, *MODALITIES]}")
     runs = {m: merge(Benchmark, (f"params.yaml benchmark.{m}", node[m])) for m in MODALITIES if m in node}
     for m, run in runs.items():
+        where = f"params.yaml benchmark.{m}"
+        _choices(f"{where}.probes", run.probes, PROBES)
+        _choices(f"{where}.pooling", (run.pooling,), POOLINGS)
+        _choices(f"{where}.finetune", (run.finetune,), FINETUNE)
         if not set(run.linear_probe) <= set(run.methods):
-            raise UserInputError(f"params.yaml benchmark.{m}.linear_probe: {list(run.linear_probe)} must be among "
+            raise UserInputError(f"{where}.linear_probe: {list(run.linear_probe)} must be among "
                                  f"its methods {list(run.methods)} (the probe reads their pretrained encoders)")
         if run.linear_probe and m != "image":
-            raise UserInputError(f"params.yaml benchmark.{m}.linear_probe: the linear probe is defined for images only")
+            raise UserInputError(f"{where}.linear_probe: the linear probe is defined for images only")
     return runs
+
+
+def _choices(where: str, values: tuple, known: tuple) -> None:
+    wrong = [v for v in values if v not in known]
+    if wrong:
+        raise UserInputError(f"{where}: {wrong[0]!r} is not one of {list(known)}")
+
+
+def benchmark_scale(params: dict[str, Any] | None = None) -> Scale:
+    """params.yaml benchmark.scales.<benchmark.scale>: seeds, budget fractions, probe subsample sizes and every
+    (modality, method)'s largest budget in updates. Raises UserInputError for an unknown scale or key, a
+    fraction outside (0, 1], a non-positive budget, or a method the benchmark does not run."""
+    params = load() if params is None else params
+    node = params.get("benchmark") or {}
+    scales = node.get("scales") or {}
+    name = node.get("scale")
+    if name not in scales:
+        raise UserInputError(f"params.yaml benchmark.scale: {name!r} is not one of benchmark.scales {sorted(scales)}")
+    where = f"params.yaml benchmark.scales.{name}"
+    block = dict(scales[name] or {})
+    sizes = merge(ProbeSizes, (f"{where}.probe_sizes", block.pop("probe_sizes", None)))
+    scale = merge(Scale, (where, {**block, "name": name, "probe_sizes": dataclasses.asdict(sizes)}))
+    if not scale.seeds or not scale.budget_fractions or not all(0 < f <= 1 for f in scale.budget_fractions):
+        raise UserInputError(f"{where}: seeds and budget_fractions must be non-empty, every fraction in (0, 1] "
+                             f"(got {list(scale.seeds)}, {list(scale.budget_fractions)})")
+    methods = {m: run.methods for m, run in benchmark(params).items()}
+    unknown = sorted(set(scale.max_updates) - set(methods))
+    if unknown:
+        raise UserInputError(f"{where}.max_updates: unknown modality {unknown}; known: {list(methods)}")
+    for m, budgets in scale.max_updates.items():
+        unknown = sorted(set(budgets) - set(methods[m]))
+        if unknown:
+            raise UserInputError(f"{where}.max_updates.{m}: unknown method(s) {unknown}; benchmark.{m}.methods: "
+                                 f"{list(methods[m])}")
+        wrong = {k: v for k, v in budgets.items() if not isinstance(v, int) or v < 1}
+        if wrong:
+            raise UserInputError(f"{where}.max_updates.{m}: {wrong} must be positive whole numbers of updates")
+    return scale
+
+
+def benchmark_runs(params: dict[str, Any] | None, modality: str, method: str) -> list[Run]:
+    """The pretraining runs of `method` on `modality` at the current scale, ordered by (seed, updates): per seed,
+    one complete run per budget fraction f of updates = max(1, round(f x max_updates)), duplicates dropped.
+    Raises UserInputError when the scale has no budget for (modality, method)."""
+    params = load() if params is None else params
+    scale = benchmark_scale(params)
+    top = scale.max_updates.get(modality, {}).get(method)
+    if top is None:
+        raise UserInputError(f"params.yaml benchmark.scales.{scale.name}.max_updates.{modality}.{method}: missing "
+                             f"(the benchmark's largest budget of {method} on {modality}, in updates)")
+    budgets = sorted({max(1, round(f * top)) for f in scale.budget_fractions})
+    return [Run(seed, updates, f"s{seed}-u{updates}") for seed in sorted(set(scale.seeds)) for updates in budgets]

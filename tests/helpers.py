@@ -13,10 +13,17 @@ REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 DVC = REPO / ".venv-dvc" / "bin" / "dvc"
 
+_BENCHMARK = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))["benchmark"]
+
 # Small enough for seconds per stage, big enough that every split and task is non-empty.
 TINY_PARAMS = {
     "seed": 0,
-    "benchmark": yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))["benchmark"],  # the same methods and tasks
+    # the repository's methods, tasks and probes at a tiny scale: 2 complete runs of 2 and 4 updates per method
+    "benchmark": {
+        **_BENCHMARK, "scale": "demo",
+        "scales": {"demo": {"seeds": [0], "budget_fractions": [0.5, 1.0], "probe_sizes": {"train": 48, "valid": 16, "test": 16},
+                            "max_updates": {m: dict.fromkeys(_BENCHMARK[m]["methods"], 4) for m in ("image", "speech", "text")}}},
+    },
     "image": {"prepare": {"train_limit": 64, "test_limit": 16}, "shard": {"max_samples_per_shard": 40}},
     "speech": {
         "prepare": {"train_utterances": 6, "valid_utterances": 2, "test_utterances": 2, "sample_rate": 16000},

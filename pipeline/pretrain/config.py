@@ -55,6 +55,9 @@ class PretrainConfig:
     lr_scaling: str = "none"  # none | linear (lr x batch_size / reference_batch_size)
     reference_batch_size: int | None = None
     warmup_updates: int
+    # when set, warmup_updates = max(1, round(warmup_fraction x max_updates)) (resolved by `build`), so a run of any
+    # length gets the same shape of schedule (the released image recipe warms up for 50,040 / 375,300 = 0.133)
+    warmup_fraction: float | None = None
     min_lr: float = 0.0
     # AdamW
     betas: tuple[float, float]
@@ -107,8 +110,15 @@ def released(modality: str) -> PretrainConfig:
 
 
 def build(modality: str, method: str, params: dict[str, Any], overrides: dict[str, Any] | None = None) -> PretrainConfig:
-    """`released(modality)`, then params.yaml `seed` and `pretrain.<modality>`, then `overrides` (the command line)."""
+    """`released(modality)`, then params.yaml `seed` and `pretrain.<modality>`, then `overrides` (the command line),
+    with warmup_updates resolved from warmup_fraction when that is set. Raises UserInputError for an unknown key or
+    a warmup_fraction outside [0, 1)."""
     cfg = P.merge(released(modality), ("params.yaml seed", {"seed": P.seed(params)}),
                   (f"params.yaml pretrain.{modality}", (params.get("pretrain") or {}).get(modality)),
                   ("command line", overrides), inline=modality)
-    return dataclasses.replace(cfg, modality=modality, method=method)
+    cfg = dataclasses.replace(cfg, modality=modality, method=method)
+    if cfg.warmup_fraction is not None:
+        if not 0 <= cfg.warmup_fraction < 1:
+            raise UserInputError(f"params.yaml pretrain.{modality}.warmup_fraction: {cfg.warmup_fraction} must be in [0, 1)")
+        cfg = dataclasses.replace(cfg, warmup_updates=max(1, round(cfg.warmup_fraction * cfg.max_updates)))
+    return cfg

@@ -117,14 +117,85 @@ def test_benchmark_lists_come_from_params_yaml():
     runs = P.benchmark(params)
     assert list(runs) == list(P.MODALITIES)
     assert runs["image"] == P.Benchmark(methods=("data2vec2", "data2vec1", "mae"), task="fashion_mnist",
+                                        probes=("knn", "linear"), pooling="mean", layer=None, finetune="final",
                                         linear_probe=("data2vec2",))
-    assert (runs["speech"].task, runs["text"].methods[-1]) == ("synth", "mlm")
+    assert (runs["speech"].task, runs["speech"].probes, runs["speech"].pooling) == ("synth", ("ctc_probe",), "frames")
+    assert runs["text"].methods[-1] == "mlm"
     with pytest.raises(UserInputError, match="linear_probe"):
         P.benchmark({"benchmark": {"image": {"methods": ["mae"], "task": "t", "linear_probe": ["data2vec2"]}}})
     with pytest.raises(UserInputError, match=r"missing key\(s\) \['task'\]"):
         P.benchmark({"benchmark": {"text": {"methods": ["mlm"]}}})
     with pytest.raises(UserInputError, match="no `benchmark` block"):
         P.benchmark({})
+    with pytest.raises(UserInputError, match=r"benchmark.image.probes: 'ctc' is not one of"):
+        P.benchmark({"benchmark": {"image": {"methods": ["mae"], "task": "t", "probes": ["knn", "ctc"]}}})
+    with pytest.raises(UserInputError, match=r"benchmark: unknown key\(s\) \['video'\]"):
+        P.benchmark({"benchmark": {"video": {}}})
+
+
+def _scaled(**scale):
+    """The repository's benchmark with one scale `s` of these settings."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    block = {"seeds": [0], "budget_fractions": [0.25, 0.5, 1.0], "probe_sizes": {"train": 8, "valid": 4, "test": 4},
+             "max_updates": {"image": {"mae": 100}}} | scale
+    params["benchmark"] |= {"scale": "s", "scales": {"s": block}}
+    return params
+
+
+def test_the_repository_scales_give_every_method_a_budget():
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for name in ("demo", "cpu"):
+        params["benchmark"]["scale"] = name
+        scale = P.benchmark_scale(params)
+        assert scale.name == name and scale.budget_fractions == (0.25, 0.5, 1.0)
+        for modality, run in P.benchmark(params).items():
+            assert set(scale.max_updates[modality]) == set(run.methods)
+            assert all(len(P.benchmark_runs(params, modality, method)) == 3 * len(scale.seeds) for method in run.methods)
+    assert P.benchmark_scale(P.load(REPO / "params.yaml")).name == "demo"
+
+
+def test_benchmark_runs_are_complete_runs_per_seed_and_budget():
+    params = _scaled(seeds=[1, 0], max_updates={"image": {"mae": 100, "data2vec2": 2}})
+    scale = P.benchmark_scale(params)
+    assert (scale.seeds, scale.probe_sizes) == ((1, 0), {"train": 8, "valid": 4, "test": 4})
+    assert P.benchmark_runs(params, "image", "mae") == [
+        P.Run(0, 25, "s0-u25"), P.Run(0, 50, "s0-u50"), P.Run(0, 100, "s0-u100"),
+        P.Run(1, 25, "s1-u25"), P.Run(1, 50, "s1-u50"), P.Run(1, 100, "s1-u100")]
+    # at least one update each, the same budget once: 0.25 x 2 and 0.5 x 2 both round to 1
+    assert [(r.seed, r.updates) for r in P.benchmark_runs(params, "image", "data2vec2")] == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    with pytest.raises(UserInputError, match=r"max_updates.image.data2vec1: missing"):
+        P.benchmark_runs(params, "image", "data2vec1")
+
+
+@pytest.mark.parametrize("scale, message", [
+    ({"seed": [0]}, r"params.yaml benchmark.scales.s: unknown key\(s\) \['seed'\]"),
+    ({"probe_sizes": {"train": 1, "valid": 1}}, r"scales.s.probe_sizes: missing key\(s\) \['test'\]"),
+    ({"probe_sizes": {"train": 1, "valid": 1, "test": 1, "dev": 1}}, r"scales.s.probe_sizes: unknown key\(s\) \['dev'\]"),
+    ({"budget_fractions": [0.5, 2.0]}, r"every fraction in \(0, 1\]"),
+    ({"seeds": []}, r"seeds and budget_fractions must be non-empty"),
+    ({"max_updates": {"image": {"mlm": 10}}}, r"max_updates.image: unknown method\(s\) \['mlm'\]"),
+    ({"max_updates": {"video": {}}}, r"max_updates: unknown modality \['video'\]"),
+    ({"max_updates": {"image": {"mae": 0}}}, r"positive whole numbers of updates"),
+])
+def test_a_wrong_scale_is_refused_with_its_place(scale, message):
+    with pytest.raises(UserInputError, match=message):
+        P.benchmark_scale(_scaled(**scale))
+
+
+def test_an_unknown_scale_is_refused():
+    params = _scaled()
+    params["benchmark"]["scale"] = "gpu"
+    with pytest.raises(UserInputError, match=r"benchmark.scale: 'gpu' is not one of benchmark.scales \['s'\]"):
+        P.benchmark_scale(params)
+
+
+def test_warmup_fraction_sizes_the_warmup_to_each_budget():
+    params = {"pretrain": {"image": {"warmup_fraction": 0.1}}}
+    assert pretrain_config.build("image", "mae", params, {"max_updates": 480}).warmup_updates == 48
+    assert pretrain_config.build("image", "mae", params, {"max_updates": 4}).warmup_updates == 1  # at least one
+    assert pretrain_config.build("image", "mae", {}).warmup_updates == 50_040  # none: the recipe's own
+    with pytest.raises(UserInputError, match=r"warmup_fraction: 1.5 must be in \[0, 1\)"):
+        pretrain_config.build("image", "mae", {"pretrain": {"image": {"warmup_fraction": 1.5}}})
 
 
 def test_modalities_are_the_models():
