@@ -76,10 +76,12 @@ def _training_stages(stages) -> None:
     """pretrain and finetune (torchrun), evaluate, and the model summary."""
     from pipeline.pretrain.stage import add_arguments as pretrain_arguments
 
-    p = stages.add_parser("pretrain", help="pretrain data2vec 2.0 (torchrun + DDP; resumes from last.pt)",
-                          description="Pretrain under torchrun (--nproc processes, gloo on CPU, nccl on GPU). Writes "
-                          "models/<modality>/<method>/pretrain/: last.pt, best.pt, budget-<fraction>.pt, config.json, "
-                          "metrics.jsonl, tb/, loss_curve.png, summary.json. Hyper-parameters: params.yaml pretrain.<modality>. "
+    p = stages.add_parser("pretrain", help="pretrain data2vec 2.0 (DDP, torchrun for --nproc > 1; resumes from last.pt)",
+                          description="Pretrain in this process (--nproc 1) or under torchrun (--nproc processes, gloo on "
+                          "CPU, nccl on GPU). Writes models/<modality>/<method>/pretrain/: last.pt, best.pt, "
+                          "budget-<fraction>.pt, config.json, metrics.jsonl, tb/, loss_curve.png, summary.json; with "
+                          "--benchmark, one such folder per run of the benchmark scale (s<seed>-u<updates>/) and runs.json. "
+                          "Hyper-parameters: params.yaml pretrain.<modality> (and benchmark.scales). "
                           "Many nodes: torchrun --nnodes N --nproc-per-node G --rdzv-backend c10d --rdzv-endpoint HOST:PORT "
                           "-m pipeline pretrain ...",
                           epilog=EPILOG)
@@ -151,7 +153,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict | str | None:
         from pipeline.pretrain.stage import train
         from pipeline.train.launch import launch, under_torchrun
 
-        if not under_torchrun():
+        if not under_torchrun() and args.nproc != 1:  # one process trains here, in a world of one
             launch(args, argv)  # does not return
         summary = train(args)
         return summary if os.environ.get("RANK", "0") == "0" else None
