@@ -1,12 +1,18 @@
-"""The `pretrain` stage: data2vec 2.0 (and baselines built on the same model code) under torchrun + DDP.
+"""The `pretrain` stage: data2vec 2.0 (and baselines built on the same model code), DDP in a world of one or
+under torchrun.
 
-`python -m pipeline pretrain ...` outside torchrun re-executes itself under torchrun (pipeline/train/launch.py);
-inside torchrun (LOCAL_RANK set) every worker builds the configs and trains with the shared engine
-(pipeline/train/trainer.py) and the pretraining hooks (pipeline/pretrain/trainer.py: EMA teacher, budget
+`python -m pipeline pretrain ...` trains in this process (a world of one) with --nproc 1, and otherwise re-executes
+itself under torchrun (pipeline/train/launch.py); every worker builds the configs and trains with the shared
+engine (pipeline/train/trainer.py) and the pretraining hooks (pipeline/pretrain/trainer.py: EMA teacher, budget
 checkpoints, collapse guard).
 
 Outputs in `--out` (default models/<modality>/<method>/pretrain/): config.json (resolved config), last.pt,
 best.pt, budget-<fraction>.pt, metrics.jsonl, tb/ (TensorBoard), loss_curve.png, summary.json.
+
+With --benchmark, every run of the benchmark's current scale (pipeline/config.py benchmark_runs: per seed, one
+complete run per update budget, each with its own warm-up and cosine decay, as each point of the paper's
+speed/accuracy figures is a separately trained model) trains in turn into `--out`/s<seed>-u<updates>/, and
+`--out`/runs.json lists them with their cost: training-loop seconds and FLOPs.
 """
 from __future__ import annotations
 
@@ -33,19 +39,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", type=Path, help="text tokenizer.json (default: data/tokenizers/text/tokenizer.json)")
     p.add_argument("--max-updates", type=int, help="update budget (overrides params.yaml)")
     p.add_argument("--budget-seconds", type=float, help="wall-clock budget of the training loop (overrides params.yaml)")
+    p.add_argument("--seed", type=int, help="seed of the run (overrides params.yaml seed)")
+    p.add_argument("--benchmark", action="store_true",
+                   help="train every run of params.yaml benchmark.scales.<benchmark.scale> (each seed x update budget a "
+                   "complete run, in <out>/s<seed>-u<updates>/) and write <out>/runs.json")
     add_run_arguments(p)
 
 
-def build_configs(args: argparse.Namespace, params: dict[str, Any]):
-    """The pretraining config (params.yaml + the command line) and the model config of its preset and method; a
-    text model takes the trained tokenizer's vocabulary (--tokenizer). Raises UserInputError for an unknown preset."""
+def build_configs(args: argparse.Namespace, params: dict[str, Any], run: dict[str, Any] | None = None):
+    """The pretraining config (params.yaml, the command line, then `run`: a benchmark run's settings) and the model
+    config of its preset and method; a text model takes the trained tokenizer's vocabulary (--tokenizer). Raises
+    UserInputError for an unknown preset."""
     from model.presets import get_config
     from pipeline import paths
     from pipeline.pretrain import config as train_config
 
-    overrides = {k: v for k, v in (("max_updates", args.max_updates), ("budget_seconds", args.budget_seconds)) if v is not None}
-    if args.preset:
-        overrides["preset"] = args.preset
+    flags = (("max_updates", args.max_updates), ("budget_seconds", args.budget_seconds), ("seed", getattr(args, "seed", None)),
+             ("preset", args.preset))
+    overrides = {k: v for k, v in flags if v is not None} | (run or {})
     cfg = train_config.build(args.modality, args.method, params, overrides)
     try:
         model_cfg = get_config(args.modality, cfg.preset, args.method)
@@ -75,12 +86,76 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     from pipeline.train import distributed
     from pipeline.train.launch import RunOptions
 
+    params = P.load(args.params)
+    runs = benchmark_runs(args, params) if args.benchmark else None
     d = distributed.setup(args.device)
     try:
-        cfg, model_cfg = build_configs(args, P.load(args.params))
+        if runs is not None:
+            return train_benchmark(args, params, runs, d)
+        cfg, model_cfg = build_configs(args, params)
         out = args.out or default_out(cfg.modality, cfg.method)
         shard_dir = args.shards or paths.shards_dir(cfg.modality)
         tokenizer_path = args.tokenizer or paths.tokenizer_path("text")
         return Pretrainer(cfg, model_cfg, d, out, shard_dir, tokenizer_path, RunOptions.from_args(args)).fit()
     finally:
         distributed.teardown()
+
+
+# what a benchmark run overrides besides its seed and budget: the update budget is the only budget, and each
+# run is a point of its own (no budget-<f>.pt inside it)
+BENCHMARK_RUN = {"budget_seconds": None, "checkpoint_fractions": ()}
+
+
+def benchmark_runs(args: argparse.Namespace, params: dict[str, Any]):
+    """The runs --benchmark trains (pipeline/config.py benchmark_runs). Raises UserInputError for a flag that would
+    change them (their seeds and budgets live in params.yaml) or a scale without this method's budget."""
+    from pipeline import config as P
+
+    given = [flag for flag, value in (("--max-updates", args.max_updates), ("--budget-seconds", args.budget_seconds),
+                                      ("--seed", args.seed)) if value is not None]
+    if given:
+        raise UserInputError(f"{' and '.join(given)}: --benchmark trains the seeds and update budgets of params.yaml "
+                             "benchmark.scales.<benchmark.scale>; change them there (or leave out --benchmark)")
+    return P.benchmark_runs(params, args.modality, args.method)
+
+
+def train_benchmark(args: argparse.Namespace, params: dict[str, Any], runs, d) -> dict[str, Any]:
+    """Train `runs` (pipeline/config.py Run) one after the other in this process group, each a complete run of
+    its own in out/<run.name>/ (a finished run resumes to nothing: it is not trained again), counting each seed's
+    FLOPs per update once, on a trainer that is then thrown away (the runs' RNG streams and data order stay
+    untouched). Rank 0 writes out/runs.json. Returns {"runs_json": path, "runs": the records}."""
+    from pipeline import paths
+    from pipeline.io import atomic_write_json
+    from pipeline.pretrain.trainer import Pretrainer
+    from pipeline.train.launch import RunOptions
+
+    base = args.out or default_out(args.modality, args.method)
+    shard_dir = args.shards or paths.shards_dir(args.modality)
+    tokenizer_path = args.tokenizer or paths.tokenizer_path("text")
+    options = RunOptions.from_args(args)
+    flops: dict[int, int] = {}  # per seed: the first batch, hence the shape, is a function of the seed
+    records = []
+    for run in runs:
+        cfg, model_cfg = build_configs(args, params, {**BENCHMARK_RUN, "seed": run.seed, "max_updates": run.updates})
+        if run.seed not in flops:
+            counter = Pretrainer(cfg, model_cfg, d, None, shard_dir, tokenizer_path, options)
+            flops[run.seed] = counter.step_flops(counter.first_update())
+            del counter
+        trainer = Pretrainer(cfg, model_cfg, d, base / run.name, shard_dir, tokenizer_path, options)
+        trainer.flops_per_update = flops[run.seed]
+        records.append(run_record(run, base / run.name, trainer.fit()))
+    if d.is_main:
+        atomic_write_json(base / "runs.json", records)
+    return {"runs_json": str(base / "runs.json"), "runs": records}
+
+
+def run_record(run, out: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """One entry of runs.json: the run, where its last.pt is, and its cost."""
+    from pipeline.train.distributed import device_name
+
+    effective = summary["effective_batch"]
+    return {"seed": run.seed, "updates": summary["updates"], "name": run.name, "path": str(out / "last.pt"),
+            "modality": summary["modality"], "method": summary["method"], "preset": summary["preset"],
+            "train_seconds": summary["train_seconds"], "flops_per_update": summary["flops_per_update"],
+            "pretrain_flops": summary["pretrain_flops"], "samples": summary["updates"] * effective["samples_per_update"],
+            "device": device_name(summary["device"]), "world_size": summary["world_size"], "effective_batch": effective}

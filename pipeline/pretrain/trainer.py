@@ -3,8 +3,9 @@ plain run.
 
 - the EMA teacher steps after every update (fairseq `examples/data2vec/models/data2vec2.py` `set_num_updates`);
 - a budget: max_updates, or a wall-clock budget of the training loop (`budget_seconds`, max_updates then only
-  caps it), which the cosine schedule also follows; budget-<fraction>.pt at each of `checkpoint_fractions` of it,
-  for the benchmark's time-to-accuracy sweeps;
+  caps it), which the cosine schedule also follows; budget-<fraction>.pt at each of `checkpoint_fractions` of it
+  (the benchmark trains each of its budgets as a complete run instead: pipeline/pretrain/stage.py);
+- the summary records the training FLOPs when `flops_per_update` is given (Trainer.step_flops);
 - fairseq's collapse guard (min_target_var / min_pred_var after guard_after_updates);
 - best.pt: the lowest logged loss, judged when last.pt is written.
 
@@ -60,6 +61,7 @@ class Pretrainer(Trainer):
         # budget-<f>.pt belong to one budget (a wall-clock one, or else max_updates)
         self.budget = f"{cfg.budget_seconds}s" if cfg.budget_seconds else f"{cfg.max_updates}u"
         self.spent = False  # a finished run (budget spent, its checkpoints saved) trains nothing more
+        self.flops_per_update: int | None = None  # FLOPs of one update (all ranks), when counted: into the summary
         super().__init__(cfg, model_cfg, dist, out, run)
 
     def build_model(self):
@@ -177,4 +179,7 @@ class Pretrainer(Trainer):
 
     def finish(self) -> dict[str, Any]:
         checkpoints = sorted(p.name for p in self.out.glob("*.pt")) if self.dist.is_main else []
-        return {"method": self.cfg.method, "modality": self.cfg.modality, "preset": self.cfg.preset, "checkpoints": checkpoints}
+        flops = {} if self.flops_per_update is None else {
+            "flops_per_update": self.flops_per_update, "pretrain_flops": self.flops_per_update * self.state["update"]}
+        return {"method": self.cfg.method, "modality": self.cfg.modality, "preset": self.cfg.preset, "seed": self.cfg.seed,
+                "checkpoints": checkpoints, **flops}

@@ -245,3 +245,54 @@ def test_wall_clock_budget_stops_saves_its_fractions_and_is_not_extended(image_w
     assert again["stop_reason"] == "budget_seconds" and again["updates"] == first["updates"]
     assert torch.load(out / "last.pt", weights_only=True)["train_seconds"] == last["train_seconds"]
     assert len(losses(out)) == first["updates"]
+
+
+def test_benchmark_trains_each_budget_as_a_complete_run_once(image_workdir):
+    """--benchmark: every (seed, budget) of the scale is a complete run of its own (warm-up and cosine over its own
+    updates) with its FLOPs counted on a thrown-away trainer; running it again trains nothing."""
+    params = yaml.safe_load((image_workdir / "params.yaml").read_text())
+    params["pretrain"]["image"] = {**PRETRAIN, "warmup_fraction": 0.25}
+    params["benchmark"] = {"scale": "demo", "image": {"methods": ["data2vec2"], "task": "fashion_mnist"},
+                           "scales": {"demo": {"seeds": [0, 1], "budget_fractions": [0.5, 1.0],
+                                               "probe_sizes": {"train": 8, "valid": 4, "test": 4},
+                                               "max_updates": {"image": {"data2vec2": 4}}}}}
+    write_params(image_workdir / "bench.yaml", params)
+    out = image_workdir / "bench"
+    printed = json.loads(run(pretrain_cmd(out, "--benchmark", "--params", "bench.yaml"), cwd=image_workdir).stdout)
+    runs = json.loads((out / "runs.json").read_text())
+    assert printed == {"runs_json": str(out / "runs.json"), "runs": runs}
+    assert [(r["seed"], r["updates"], r["name"]) for r in runs] == [(0, 2, "s0-u2"), (0, 4, "s0-u4"), (1, 2, "s1-u2"),
+                                                                     (1, 4, "s1-u4")]
+    for r in runs:
+        run_dir = out / r["name"]
+        assert r["path"] == str(run_dir / "last.pt") and torch.load(run_dir / "last.pt", weights_only=True)["update"] == r["updates"]
+        assert sorted(p.name for p in run_dir.glob("*.pt")) == ["best.pt", "last.pt"]  # no budget-<f>.pt inside a point
+        config = json.loads((run_dir / "config.json").read_text())["pretrain"]
+        assert (config["seed"], config["max_updates"], config["warmup_updates"], config["budget_seconds"]) == (
+            r["seed"], r["updates"], 1, None)
+        lrs = [json.loads(line)["lr"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert lrs[0] == pytest.approx(0.001) and lrs[-1] == pytest.approx(0.0, abs=1e-12)  # its own complete schedule
+        assert r["samples"] == 8 * r["updates"] and r["pretrain_flops"] == r["flops_per_update"] * r["updates"]
+        assert (r["preset"], r["world_size"], r["effective_batch"]["samples_per_update"]) == ("tiny", 1, 8)
+        assert r["train_seconds"] > 0 and "CPU" in r["device"]
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert (summary["flops_per_update"], summary["pretrain_flops"]) == (r["flops_per_update"], r["pretrain_flops"])
+    # counted once per seed, on the first batch of each: the same shape gives the same count
+    assert runs[0]["flops_per_update"] > 0 and len({r["flops_per_update"] for r in runs}) == 1
+
+    written = {r["name"]: (out / r["name"] / "last.pt").stat().st_mtime_ns for r in runs}
+    run(pretrain_cmd(out, "--benchmark", "--params", "bench.yaml"), cwd=image_workdir)
+    assert {r["name"]: (out / r["name"] / "last.pt").stat().st_mtime_ns for r in runs} == written
+    untimed = [{k: v for k, v in r.items() if k != "train_seconds"} for r in runs]
+    assert [{k: v for k, v in r.items() if k != "train_seconds"} for r in json.loads((out / "runs.json").read_text())] == untimed
+
+    # counting FLOPs left the runs alone: a plain run of the same seed and budget trains the same weights
+    run(pretrain_cmd(image_workdir / "seed1", "--params", "bench.yaml", "--seed", "1", "--max-updates", "4"), cwd=image_workdir)
+    assert json.loads((image_workdir / "seed1" / "config.json").read_text())["pretrain"]["seed"] == 1
+    assert _students_equal(out / "s1-u4" / "last.pt", image_workdir / "seed1" / "last.pt")
+
+
+def test_benchmark_budgets_come_from_params_yaml_only(image_workdir):
+    result = subprocess.run(pretrain_cmd(image_workdir / "nope", "--benchmark", "--max-updates", "3"), cwd=image_workdir,
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "--max-updates: --benchmark trains the seeds and update budgets" in result.stderr
