@@ -116,7 +116,7 @@ def _training_stages(stages) -> None:
 
 
 def _benchmark_stages(stages) -> None:
-    """throughput, sweep, report: the benchmark over pretrained models."""
+    """throughput, probe, sweep, report: the benchmark over pretrained models."""
     from pipeline.benchmark.throughput import add_arguments as throughput_arguments
 
     p = stages.add_parser("throughput", help="measure loader and training throughput and MFU of one or more methods (into --out)",
@@ -125,11 +125,25 @@ def _benchmark_stages(stages) -> None:
                           "writes one record per method into --out. Speed is measured here, never asserted in tests.")
     throughput_arguments(p)
 
+    from pipeline.benchmark.probe import add_arguments as probe_arguments
+
+    p = stages.add_parser("probe", help="frozen-feature probes (kNN, linear, CTC) of every pretraining run of a method, or a floor",
+                          description="Extract frozen features once per source (every run of models/<modality>/<method>/"
+                          "pretrain/runs.json; --method random_init: data2vec 2.0's encoder at initialisation, one per "
+                          "seed; --method raw_input: the input itself), cache them under <out>/features/, run every "
+                          "protocol of params.yaml benchmark.<modality>.probes on the cache and write <out>/records.json "
+                          "(default out: models/<modality>/<method>/probe). One process, CPU.",
+                          epilog=EPILOG)
+    probe_arguments(p)
+    _common(p)
+
     from pipeline.benchmark.sweep import add_arguments as sweep_arguments
 
-    p = stages.add_parser("sweep", help="fine-tune every budget checkpoint of a pretraining run (time-to-accuracy curve)",
-                          description="Fine-tune each budget-<fraction>.pt of models/<modality>/<method>/pretrain with the same "
-                          "recipe and label fraction (scratch: one run from random weights) and write curve.json.")
+    p = stages.add_parser("sweep", help="the fine-tuning protocol: fine-tune the final pretraining run of each seed, or scratch",
+                          description="With params.yaml benchmark.<modality>.finetune `final`: fine-tune the final (most "
+                          "updates) run of each seed of models/<modality>/<method>/pretrain/runs.json with the same recipe "
+                          "and label fraction, under that seed (scratch: one run from random weights per seed of the "
+                          "benchmark scale), test each, and write curve.json (protocol finetune). `none`: nothing.")
     sweep_arguments(p)
 
     p = stages.add_parser("report", help="write reports/benchmark.md, benchmark.html, metrics.json, headline.json and plots",
@@ -161,6 +175,10 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict | str | None:
         from pipeline.benchmark.throughput import run as measure_throughput
 
         return measure_throughput(args)
+    if args.stage == "probe":
+        from pipeline.benchmark.probe import run as probe
+
+        return probe(args)
     if args.stage == "sweep":
         from pipeline.benchmark.sweep import run as sweep
 
