@@ -1,7 +1,14 @@
-"""The time-to-accuracy sweep of one (modality, method): fine-tune every budget checkpoint of its pretraining
-run (`budget-<fraction>.pt`, saved at fixed fractions of the wall-clock or update budget) with the same recipe
-and label fraction, and collect one record per checkpoint (and metric) in `curve.json` (the reports/metrics.json schema).
-For `scratch` there is a single fine-tune from random weights at pretraining time 0.
+"""The benchmark's fine-tuning protocol for one (modality, method): with params.yaml benchmark.<modality>.finetune
+`final`, the final run (the most updates) of each seed of models/<modality>/<method>/pretrain/runs.json
+(`pretrain --benchmark` writes it) is fine-tuned with the same recipe and label fraction (params.yaml
+finetune.<modality>) and tested; for `scratch`, one run from random weights per seed of the benchmark scale
+(params.yaml benchmark.scales.<scale>.seeds). Each fine-tuning run gets its seed (`finetune --seed`).
+`finetune: none` fine-tunes nothing (curve.json is an empty list).
+
+Output in --out (default models/<modality>/<method>/sweep/<task>): one fine-tuning folder per run
+(<run name>/, e.g. s0-u100/; scratch: scratch-s<seed>/) and curve.json, one record per run and metric in the
+reports/metrics.json schema with protocol `finetune` and the pretraining cost fields copied from runs.json
+(scratch: no pretraining, 0).
 """
 from __future__ import annotations
 
@@ -22,17 +29,19 @@ from pipeline.train.pipes import PipesReport, without_pipes
 # A second curve where the task metric cannot move at a small budget: greedy CTC decoding emits nothing (WER 1.0)
 # for hundreds of updates, while the test CTC loss already orders the encoders.
 SECONDARY_METRICS = {"speech": "ctc_loss"}
-BUDGET = re.compile(r"^budget-(?P<fraction>[0-9.]+)\.pt$")
+# the run folders of a sweep: s<seed>-u<updates> (a pretraining run's name), scratch-s<seed>; budget-<f> and
+# scratch are the folders of earlier versions
+RUN_FOLDER = re.compile(r"^(s\d+-u\d+|scratch-s\d+|scratch|budget-[0-9.]+)$")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--modality", required=True, choices=MODALITIES)
-    p.add_argument("--method", required=True, help="pretraining method whose budget checkpoints to fine-tune, or scratch")
+    p.add_argument("--method", required=True, help="pretraining method whose final runs to fine-tune, or scratch")
     p.add_argument("--task", help="downstream task (default: params.yaml benchmark.<modality>.task)")
-    p.add_argument("--pretrain-dir", type=Path, help="default: models/<modality>/<method>/pretrain")
+    p.add_argument("--pretrain-dir", type=Path, help="folder of runs.json (default: models/<modality>/<method>/pretrain)")
     p.add_argument("--out", type=Path, help="default: models/<modality>/<method>/sweep/<task>")
     p.add_argument("--label-fraction", type=float, help="default: params.yaml finetune.<modality>")
-    p.add_argument("--max-updates", type=int, help="fine-tuning updates per checkpoint (default: params.yaml finetune.<modality>)")
+    p.add_argument("--max-updates", type=int, help="fine-tuning updates per run (default: params.yaml finetune.<modality>)")
     p.add_argument("--nproc", type=int, default=1)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--workers", type=int)
@@ -40,24 +49,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
-def budget_checkpoints(pretrain_dir: Path) -> list[tuple[float, Path]]:
-    found = sorted((float(m["fraction"]), p) for p in pretrain_dir.glob("budget-*.pt") if (m := BUDGET.match(p.name)))
-    if not found:
-        raise UserInputError(f"{pretrain_dir}: no budget-<fraction>.pt checkpoints; run `python -m pipeline pretrain` first")
-    return found
-
-
-def record(metrics: dict[str, Any], modality: str, method: str, preset: str, batch_size: int | None,
+def record(metrics: dict[str, Any], modality: str, method: str, fields: dict[str, Any],
            effective_batch: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A reports/metrics.json record from a fine-tuning run's metrics.json (git commit and DVC stage hash are
-    filled in by the report stage, which knows dvc.lock)."""
-    updates = int(metrics.get("pretrain_updates") or 0)
+    """A reports/metrics.json record from a fine-tuning run's metrics.json; `fields`: the pretraining run's cost
+    fields (pipeline/benchmark/probe.py cost_fields). git_commit and dvc_stage_hash are null: the report stage,
+    which knows dvc.lock, fills them in."""
     return {
-        "modality": modality, "method": method, "preset": preset,
-        "pretrain_seconds": float(metrics.get("pretrain_seconds") or 0.0), "pretrain_updates": updates,
-        "pretrain_samples": updates * (batch_size or 0), "device": metrics.get("device"),
-        "world_size": metrics.get("world_size"), "task": metrics["task"], "metric": metrics["metric"],
-        "value": metrics["value"], "split": metrics.get("split"), "checkpoint": metrics.get("checkpoint"),
+        "modality": modality, "method": method, **fields, "protocol": "finetune", "task": metrics["task"],
+        "metric": metrics["metric"], "value": metrics["value"], "split": metrics.get("split"),
+        "git_commit": None, "dvc_stage_hash": None, "checkpoint": metrics.get("checkpoint"),
         "label_fraction": metrics.get("label_fraction"), "finetune_updates": metrics.get("finetune_updates"),
         "effective_batch": effective_batch,
     }
@@ -65,67 +65,76 @@ def record(metrics: dict[str, Any], modality: str, method: str, preset: str, bat
 
 def clear(out: Path) -> None:
     """Remove an earlier sweep's runs, so the folder (a DVC out) holds only this sweep's."""
-    for path in [*out.glob("budget-*"), out / "scratch", out / "curve.json"]:
+    for path in [*(p for p in out.iterdir() if RUN_FOLDER.match(p.name)), out / "curve.json"] if out.is_dir() else []:
         if path.is_dir():
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
 
 
-def finetune_command(args: argparse.Namespace, task: str, checkpoint: str, run_dir: Path) -> list[str]:
+def finetune_command(args: argparse.Namespace, task: str, checkpoint: str, run_dir: Path, seed: int | None) -> list[str]:
     """`python -m pipeline finetune` of one checkpoint (`none`: scratch) into `run_dir`, with the sweep's flags."""
     cmd = [sys.executable, "-m", "pipeline", "finetune", "--modality", args.modality, "--checkpoint", checkpoint,
            "--task", task, "--out", str(run_dir), "--nproc", str(args.nproc), "--device", args.device,
            "--params", str(args.params), "--fresh"]
+    cmd += ["--seed", str(seed)] if seed is not None else []
     cmd += ["--workers", str(args.workers)] if args.workers is not None else []
     cmd += ["--label-fraction", str(args.label_fraction)] if args.label_fraction is not None else []
     cmd += ["--max-updates", str(args.max_updates)] if args.max_updates is not None else []
     return cmd + (["--no-progress"] if args.no_progress else [])
 
 
+def runs_to_finetune(args: argparse.Namespace, params: dict[str, Any], task: str) -> list[dict[str, Any]]:
+    """[{name, checkpoint ("none": scratch), fields (the records' cost fields), effective_batch}] of the sweep."""
+    from pipeline import config as P
+    from pipeline.benchmark.probe import cost_fields, final_runs, pretrain_runs
+    from pipeline.finetune import config as finetune_config
+
+    if P.benchmark(params)[args.modality].finetune == "none":
+        return []
+    if args.method == "scratch":
+        preset = finetune_config.build(args.modality, task, "finetune", params).preset
+        return [{"name": f"scratch-s{seed}", "checkpoint": "none", "fields": cost_fields(None, preset, seed),
+                 "effective_batch": None} for seed in P.benchmark_scale(params).seeds]
+    pretrain_dir = args.pretrain_dir or Path("models") / args.modality / args.method / "pretrain"
+    return [{"name": run["name"], "checkpoint": run["path"], "fields": cost_fields(run, None, None),
+             "effective_batch": run.get("effective_batch")}
+            for run in final_runs(pretrain_runs(pretrain_dir, args.modality, args.method))]
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from pipeline import config as P
-    from pipeline.finetune import config as finetune_config
-    from pipeline.train.checkpoint import load
-    from pipeline.pretrain.stage import default_out
     from pipeline.io import atomic_write_json
 
     params = P.load(args.params)
     task = args.task or P.benchmark(params)[args.modality].task
     out = args.out or paths.sweep_dir(args.modality, args.method, task)
-    effective = None
-    if args.method == "scratch":
-        points: list[tuple[float, str]] = [(0.0, "none")]
-        preset = finetune_config.build(args.modality, task, "finetune", params).preset
-        batch_size = None
-    else:
-        pretrain_dir = args.pretrain_dir or default_out(args.modality, args.method)
-        points = [(f, str(p)) for f, p in budget_checkpoints(pretrain_dir)]
-        config = load(Path(points[0][1]))["config"]["pretrain"]
-        preset, batch_size = config["preset"], config["batch_size"]
-        if (pretrain_dir / "summary.json").exists():
-            effective = json.loads((pretrain_dir / "summary.json").read_text()).get("effective_batch")
+    runs = runs_to_finetune(args, params, task)
     pipes = PipesReport()  # under Dagster, the sweep is the asset; its fine-tuning runs report to it, not to Dagster
     out.mkdir(parents=True, exist_ok=True)
     clear(out)
-    records, run_dir = [], out
-    for fraction, checkpoint in points:
-        run_dir = out / ("scratch" if checkpoint == "none" else f"budget-{fraction:g}")
-        message = f"sweep {args.modality}/{args.method}: fine-tuning {checkpoint}"
+    records = []
+    for point in runs:
+        run_dir = out / point["name"]
+        message = f"sweep {args.modality}/{args.method}: fine-tuning {point['checkpoint']} (seed {point['fields']['seed']})"
         print(message, file=sys.stderr, flush=True)
         pipes.log(message)
-        result = subprocess.run(finetune_command(args, task, checkpoint, run_dir), env=without_pipes())
+        command = finetune_command(args, task, point["checkpoint"], run_dir, point["fields"]["seed"])
+        # the run's own JSON summary goes to the log: stdout carries the sweep's summary only
+        result = subprocess.run(command, env=without_pipes(), stdout=sys.stderr)
         if result.returncode != 0:
-            raise UserInputError(f"fine-tuning {checkpoint} failed (exit {result.returncode}); see the log above")
+            raise UserInputError(f"fine-tuning {point['checkpoint']} failed (exit {result.returncode}); see the log above")
         metrics = json.loads((run_dir / "metrics.json").read_text())
-        records.append(record(metrics, args.modality, args.method, preset, batch_size, effective))
+        records.append(record(metrics, args.modality, args.method, point["fields"], point["effective_batch"]))
         secondary = SECONDARY_METRICS.get(args.modality)
         if secondary in (metrics.get("metrics") or {}):
             records.append({**records[-1], "metric": secondary, "value": metrics["metrics"][secondary]})
-        pipes.log(f"{checkpoint}: test {metrics['metric']} {metrics['value']:.4f}")
+        pipes.log(f"{point['name']}: test {metrics['metric']} {metrics['value']:.4f}")
     atomic_write_json(out / "curve.json", records)
-    final = next(r for r in reversed(records) if r["metric"] == records[0]["metric"])
-    pipes.materialize({"metric": final["metric"], "value": final["value"], "checkpoints": len(points),
-                       "path": out, "final_run": run_dir})
-    return {"curve": str(out / "curve.json"), "metric": records[0]["metric"],
-            "points": [(r["pretrain_seconds"], r["value"]) for r in records if r["metric"] == records[0]["metric"]]}
+    primary = [r for r in records if r["metric"] == records[0]["metric"]] if records else []
+    # final_run: the last run's folder, whose metrics.json and plots the Dagster asset shows (assets/metadata.py)
+    pipes.materialize({"metric": primary[-1]["metric"] if primary else None,
+                       "value": primary[-1]["value"] if primary else None, "runs": len(runs), "path": out,
+                       "final_run": out / runs[-1]["name"] if runs else None})
+    return {"curve": str(out / "curve.json"), "metric": records[0]["metric"] if records else None,
+            "points": [(r["seed"], r["pretrain_updates"], r["value"]) for r in primary]}

@@ -38,6 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shards", type=Path, help="shard folder of your own labeled data (default: data/shards/<modality>)")
     p.add_argument("--tokenizer", type=Path, help="tokenizer.json (default: data/tokenizers/<modality>/tokenizer.json)")
     p.add_argument("--max-updates", type=int, help="update budget (overrides params.yaml)")
+    p.add_argument("--seed", type=int, help="seed of the run: head and scratch initialisation, batches, carved "
+                   "validation set (overrides params.yaml seed; the benchmark passes the pretraining run's)")
     add_run_arguments(p)
 
 
@@ -54,10 +56,11 @@ def default_out(modality: str, method: str, task: str, mode: str, fraction: floa
 
 
 def build_config(args: argparse.Namespace, params: dict[str, Any]):
-    """The fine-tuning config: the recipe, params.yaml, then --label-fraction and --max-updates."""
+    """The fine-tuning config: the recipe, params.yaml, then --label-fraction, --max-updates and --seed."""
     from pipeline.finetune import config as finetune_config
 
-    overrides = {k: v for k, v in (("label_fraction", args.label_fraction), ("max_updates", args.max_updates)) if v is not None}
+    overrides = {k: v for k, v in (("label_fraction", args.label_fraction), ("max_updates", args.max_updates),
+                                   ("seed", args.seed)) if v is not None}
     return finetune_config.build(args.modality, args.task, args.mode, params, overrides)
 
 
