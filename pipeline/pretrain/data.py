@@ -7,6 +7,7 @@ clone-batch masks precomputed by `model.masking.make_mask` (so the model never d
 """
 from __future__ import annotations
 
+import functools
 import io
 from pathlib import Path
 from typing import Any
@@ -141,11 +142,21 @@ class PretrainBatches(torch.utils.data.Dataset):
 
 def pack_text_blocks(shard_dir: Path, split: str, tokenizer_path: Path | None, block_size: int) -> torch.Tensor:
     """Tokenize every document of `split`, join them with </s> (fairseq `sample_break_mode: none`) and cut
-    the stream into blocks of `block_size`: <s> + block_size-1 tokens. Returns (num_blocks, block_size)."""
+    the stream into blocks of `block_size`: <s> + block_size-1 tokens. Returns (num_blocks, block_size), to be
+    read only: the blocks are kept for the next call on the same (unchanged) files in this process, since
+    `pretrain --benchmark` builds a dataset per run and tokenizing the whole corpus takes seconds."""
     from pipeline import paths
+
+    tokenizer_path = Path(tokenizer_path or paths.tokenizer_path("text"))
+    stamps = tuple(p.stat().st_mtime_ns if p.exists() else None for p in (Path(shard_dir) / "index.json", tokenizer_path))
+    return _pack_text_blocks(Path(shard_dir), split, tokenizer_path, block_size, stamps)
+
+
+@functools.lru_cache(maxsize=2)
+def _pack_text_blocks(shard_dir: Path, split: str, tokenizer_path: Path, block_size: int, stamps: tuple) -> torch.Tensor:
     from pipeline.data.tokenizer import iter_shard_texts, load
 
-    tok = load(tokenizer_path or paths.tokenizer_path("text"))
+    tok = load(tokenizer_path)
     tok.no_padding()
     tok.no_truncation()
     bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")

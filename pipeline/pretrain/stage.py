@@ -133,7 +133,10 @@ def train_benchmark(args: argparse.Namespace, params: dict[str, Any], runs, d) -
     shard_dir = args.shards or paths.shards_dir(args.modality)
     tokenizer_path = args.tokenizer or paths.tokenizer_path("text")
     options = RunOptions.from_args(args)
-    flops: dict[int, int] = {}  # per seed: the first batch, hence the shape, is a function of the seed
+    # FLOPs per update, per seed: the first batch (update 0) is a function of the seed. Image and text batches have
+    # one shape, so this is every update's count; a speech batch is cropped to its shortest utterance (at most
+    # crop_samples), so its length varies from update to update: this is the first batch's, not an average
+    flops: dict[int, int] = {}
     records = []
     for run in runs:
         cfg, model_cfg = build_configs(args, params, {**BENCHMARK_RUN, "seed": run.seed, "max_updates": run.updates})
