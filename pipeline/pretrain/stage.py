@@ -128,6 +128,7 @@ def train_benchmark(args: argparse.Namespace, params: dict[str, Any], runs, d) -
     from pipeline.io import atomic_write_json
     from pipeline.pretrain.trainer import Pretrainer
     from pipeline.train.launch import RunOptions
+    from pipeline.train.pipes import PipesReport
 
     base = args.out or default_out(args.modality, args.method)
     shard_dir = args.shards or paths.shards_dir(args.modality)
@@ -138,17 +139,20 @@ def train_benchmark(args: argparse.Namespace, params: dict[str, Any], runs, d) -
     # crop_samples), so its length varies from update to update: this is the first batch's, not an average
     flops: dict[int, int] = {}
     records = []
-    for run in runs:
-        cfg, model_cfg = build_configs(args, params, {**BENCHMARK_RUN, "seed": run.seed, "max_updates": run.updates})
-        if run.seed not in flops:
-            counter = Pretrainer(cfg, model_cfg, d, None, shard_dir, tokenizer_path, options)
-            flops[run.seed] = counter.step_flops(counter.first_update())
-            del counter
-        trainer = Pretrainer(cfg, model_cfg, d, base / run.name, shard_dir, tokenizer_path, options)
-        trainer.flops_per_update = flops[run.seed]
-        records.append(run_record(run, base / run.name, trainer.fit()))
+    with PipesReport.holding():  # under Dagster the runs log to the asset; the stage reports it once, below
+        for run in runs:
+            cfg, model_cfg = build_configs(args, params, {**BENCHMARK_RUN, "seed": run.seed, "max_updates": run.updates})
+            if run.seed not in flops:
+                counter = Pretrainer(cfg, model_cfg, d, None, shard_dir, tokenizer_path, options)
+                flops[run.seed] = counter.step_flops(counter.first_update())
+                del counter
+            trainer = Pretrainer(cfg, model_cfg, d, base / run.name, shard_dir, tokenizer_path, options)
+            trainer.flops_per_update = flops[run.seed]
+            records.append(run_record(run, base / run.name, trainer.fit()))
     if d.is_main:
         atomic_write_json(base / "runs.json", records)
+        PipesReport().materialize({"runs": len(records), "train_seconds": sum(r["train_seconds"] for r in records),
+                                   "pretrain_flops": sum(r["pretrain_flops"] for r in records), "path": base})
     return {"runs_json": str(base / "runs.json"), "runs": records}
 
 

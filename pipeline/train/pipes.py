@@ -9,8 +9,9 @@ ends (assets/metadata.py).
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 ENV_PREFIX = "DAGSTER_PIPES_"
@@ -35,6 +36,8 @@ class PipesReport:
     Open it on one process only (rank 0 under torchrun): every rank inherits the bootstrap variables, and a
     second materialization of the same asset fails the Dagster step."""
 
+    _holding = False  # see holding()
+
     def __init__(self) -> None:
         self._context = None
         if launched_by_pipes():
@@ -54,12 +57,24 @@ class PipesReport:
     def materialize(self, metadata: Mapping[str, Plain | None]) -> None:
         """Report the asset as materialized with `metadata` (None values are left out; a Path becomes path
         metadata), then close the connection: later calls do nothing."""
-        if not self.active:
+        if not self.active or PipesReport._holding:
             return
         raw = {k: {"raw_value": str(v), "type": "path"} if isinstance(v, Path) else v
                for k, v in metadata.items() if v is not None}
         self._context.report_asset_materialization(metadata=raw)
         self.close()
+
+    @classmethod
+    @contextlib.contextmanager
+    def holding(cls) -> Iterator[None]:
+        """Within this block materialize() does nothing: for runs trained one after another in one process
+        (pretrain --benchmark), which log through the process's one Pipes context while the stage reports the asset
+        once, after them."""
+        cls._holding = True
+        try:
+            yield
+        finally:
+            cls._holding = False
 
     def close(self) -> None:
         if self.active:
