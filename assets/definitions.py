@@ -8,13 +8,14 @@ from assets.graph import ASSETS, BY_MODALITY, CHECKS
 # DVC's hydra-core pins an older antlr4 runtime in the same environment (dagster-io/dagster#27487).
 JOBS = [
     dg.define_asset_job(f"{m}_pipeline", selection=dg.AssetSelection.assets(*assets),
-                        description=f"Everything for {m}: embedded data -> shards -> (tokenizer) -> pretraining of every "
-                        "method -> fine-tuning sweeps (and scratch) -> throughput")
+                        description=f"Everything for {m}: embedded data -> shards -> (tokenizer) -> every method's pretraining "
+                        "runs -> frozen-feature probes (and the random_init and raw_input floors), fine-tuning (and "
+                        "scratch) -> throughput")
     for m, (assets, _) in BY_MODALITY.items()
 ] + [
     dg.define_asset_job("demo", selection=dg.AssetSelection.assets(*ASSETS),
-                        description="The whole pipeline on the embedded default data with the tiny presets, every "
-                        "baseline, ending in the benchmark report."),
+                        description="The whole benchmark on the embedded default data at params.yaml benchmark.scale (the "
+                        "demo scale by default): every modality, method and floor, ending in the benchmark report."),
 ]
 
 defs = dg.Definitions(

@@ -89,6 +89,36 @@ def pretrain_metadata(out: Path) -> dict[str, Any]:
     return {**batch, **png_file(out / "loss_curve.png", "loss curve")}
 
 
+def pretrain_runs_metadata(out: Path) -> dict[str, Any]:
+    """The runs of `pretrain --benchmark` in `out` (its runs.json) as a table, one row per run with its cost and
+    final loss, and the effective batch and loss curve of the final run (the last seed's largest budget)."""
+    runs = json.loads((out / "runs.json").read_text())
+    rows = []
+    for r in runs:
+        summary = out / r["name"] / "summary.json"
+        loss = json.loads(summary.read_text()).get("final_loss") if summary.exists() else None
+        rows.append({"run": r["name"], "seed": r["seed"], "updates": r["updates"], "train seconds": f"{r['train_seconds']:.1f}",
+                     "FLOPs": f"{r['pretrain_flops']:.3g}", "final loss": "" if loss is None else f"{loss:.4f}"})
+    return {"pretraining_runs": table(rows), **(pretrain_metadata(out / runs[-1]["name"]) if runs else {})}
+
+
+def probe_metadata(path: Path) -> dict[str, Any]:
+    """A probe's records.json at `path`: one row per source (pretraining run or floor) and protocol with a column
+    per metric and what the protocol selected on validation; and `<protocol>_<metric>` of the last source (a
+    method's final run) as numbers."""
+    records = json.loads(path.read_text())
+    metrics = list(dict.fromkeys(r["metric"] for r in records))
+    rows: dict[tuple, dict[str, Any]] = {}
+    for r in records:
+        row = rows.setdefault((r.get("source"), r["protocol"]), {
+            "source": r.get("source"), "seed": r.get("seed"), "updates": r.get("pretrain_updates"),
+            "protocol": r["protocol"], **dict.fromkeys(metrics, ""), "selected": json.dumps(r.get("selected") or {})})
+        row[r["metric"]] = f"{r['value']:.4f}"
+    last = records[-1].get("source") if records else None
+    return {"records": len(records), "probes": table(list(rows.values())), "path": dg.MetadataValue.path(str(path)),
+            **{f"{r['protocol']}_{r['metric']}": r["value"] for r in records if r.get("source") == last}}
+
+
 def finetune_metadata(out: Path) -> dict[str, Any]:
     """The test result of a fine-tuning run in `out` (its metrics.json), the confusion matrix (classification)
     or reference/hypothesis pairs (speech), and the loss curve."""

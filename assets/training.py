@@ -1,13 +1,14 @@
-"""Training assets, each launching the pipeline CLI as a subprocess through Dagster Pipes (the stage runs itself
-under torchrun; a cancelled run terminates torchrun, which stops its workers):
+"""Training assets, each launching the pipeline CLI as a subprocess through Dagster Pipes (with `nproc` > 1 the
+stage runs itself under torchrun; a cancelled run terminates torchrun, which stops its workers):
 
-- `<modality>/<method>/pretrained`: `python -m pipeline pretrain`. Rank 0 streams log lines and reports the
-  final loss and throughput; the loss curve is added here from the run folder.
-- `<modality>/<method>/finetuned`: the time-to-accuracy sweep (`python -m pipeline sweep`) on the modality's
-  demo task (image fashion_mnist, speech synth, text lexname): every budget checkpoint of
-  `<modality>/<method>/pretrained` fine-tuned with the same recipe; for `scratch`, one run from a fresh encoder.
-  Shows the curve and the full-budget run's test metric with its confusion matrix or sample transcriptions.
-- `image/data2vec2/linear_probe`: a linear probe on frozen features of the final pretrained encoder.
+- `<modality>/<method>/pretrained`: `python -m pipeline pretrain --benchmark`, every run of the benchmark scale
+  (per seed, one complete run per update budget) in turn. The runs stream their log lines; the stage reports once,
+  after the last; the runs' table (updates, seconds, FLOPs, loss) and the final run's loss curve come from the
+  folder.
+- `<modality>/<method>/finetuned`: the fine-tuning protocol (`python -m pipeline sweep`) on the modality's task:
+  the final run of each seed of `<modality>/<method>/pretrained` fine-tuned and tested with the same recipe; for
+  `scratch`, random weights, once per seed. Shows the curve and the last run's test metric with its confusion
+  matrix or sample transcriptions.
 """
 import sys
 from collections.abc import Callable
@@ -55,13 +56,14 @@ def build_pretrain_asset(modality: str, method: str, upstream: list) -> dg.Asset
     out = str(default_out(modality, method))
 
     @dg.asset(key=[modality, method, "pretrained"], group_name=modality, deps=upstream, kinds={"pytorch"},
-              description=f"{method} pretraining of the {modality} encoder under torchrun ({out}; DVC stage {stage}).",
+              description=f"{method} pretraining of the {modality} encoder: every run of the benchmark scale, each a "
+              f"complete run at its update budget ({out}/s<seed>-u<updates>/, runs.json; DVC stage {stage}).",
               metadata={"dvc_stage": stage, "path": out})
     def pretrained(context: dg.AssetExecutionContext, config: PretrainRunConfig,
                    pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
-        command = ["pretrain", "--modality", modality, "--method", method, *operational(config)]
+        command = ["pretrain", "--modality", modality, "--method", method, "--benchmark", *operational(config)]
         command += ["--fresh"] if config.fresh else []
-        return run_stage(context, pipes_subprocess_client, command, lambda r: md.pretrain_metadata(md.reported_path(r)))
+        return run_stage(context, pipes_subprocess_client, command, lambda r: md.pretrain_runs_metadata(md.reported_path(r)))
 
     return pretrained
 
@@ -70,38 +72,16 @@ def build_sweep_asset(modality: str, method: str, upstream: list) -> dg.AssetsDe
     task = benchmark()[modality].task
     stage = f"finetune_scratch_{modality}" if method == "scratch" else f"finetune_{modality}@{method}"
     out = str(paths.sweep_dir(modality, method, task))
-    origin = ("a freshly initialized encoder (scratch baseline)" if method == "scratch"
-              else f"each budget checkpoint of {modality}/{method}/pretrained")
+    origin = ("random weights, once per seed (the scratch floor)" if method == "scratch"
+              else f"the final run of each seed of {modality}/{method}/pretrained")
 
     @dg.asset(key=[modality, method, "finetuned"], group_name=modality, deps=upstream, kinds={"pytorch"},
               description=f"{task}: fine-tuning of {origin}, tested on the test split ({out}/curve.json; DVC stage {stage}).",
               metadata={"dvc_stage": stage, "path": out, "task": task})
     def finetuned(context: dg.AssetExecutionContext, config: FinetuneRunConfig,
                   pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
-        command = ["sweep", "--modality", modality, "--method", method, "--task", task, *operational(config)]
+        command = ["sweep", "--modality", modality, "--method", method, *operational(config)]
         return run_stage(context, pipes_subprocess_client, command,
                          lambda r: md.sweep_metadata(md.reported_path(r), md.reported_path(r, "final_run")))
 
     return finetuned
-
-
-def build_linear_probe_asset(modality: str, method: str, upstream: list) -> dg.AssetsDefinition:
-    from pipeline.finetune.stage import default_out as finetune_out
-
-    task = benchmark()[modality].task
-    stage = f"linear_probe_{modality}@{method}"
-    out = str(finetune_out(modality, method, task, "linear_probe", 1.0))
-    checkpoint = str(default_out(modality, method) / "last.pt")
-
-    @dg.asset(key=[modality, method, "linear_probe"], group_name=modality, deps=upstream, kinds={"pytorch"},
-              description=f"{task}: linear probe on frozen features of the {method} pretrained encoder ({out}; DVC stage {stage}).",
-              metadata={"dvc_stage": stage, "path": out, "task": task})
-    def linear_probe(context: dg.AssetExecutionContext, config: FinetuneRunConfig,
-                     pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
-        command = ["finetune", "--modality", modality, "--checkpoint", checkpoint, "--task", task, "--mode", "linear_probe",
-                   *operational(config)]
-        command += ["--fresh"] if config.fresh else []
-        return run_stage(context, pipes_subprocess_client, command, lambda r: md.finetune_metadata(md.reported_path(r)))
-
-    return linear_probe
-

@@ -73,7 +73,12 @@ def COPY_IGNORE(directory: str, names: list[str]) -> set[str]:  # noqa: N802 (sh
 
 
 def run(cmd: list[str], cwd: Path, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`cmd` in `cwd`, its code imported from `cwd` first: the project is installed editable (a path to this
+    checkout in site-packages), which processes that do not start in `cwd` (DataLoader workers, Dagster steps)
+    would otherwise import instead of a repository copy's. Raises AssertionError with the output's tail when it
+    fails."""
     full_env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    full_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(cwd), full_env.get("PYTHONPATH")) if p)
     result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
     if result.returncode != 0:
         raise AssertionError(f"{' '.join(map(str, cmd))} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")

@@ -59,3 +59,31 @@ def test_a_sweep_that_ran_nothing_still_shows_its_empty_curve(tmp_path):
     (tmp_path / "curve.json").write_text("[]")
     assert md.sweep_metadata(tmp_path, None)["curve"].value == "_no fine-tuning runs_"
     assert md.reported_path(dg.MaterializeResult(metadata={"path": dg.MetadataValue.path("x")}), "final_run") is None
+
+
+def test_pretraining_runs_show_as_a_table_with_the_final_runs_loss_curve(tmp_path):
+    runs = [{"seed": 0, "updates": u, "name": f"s0-u{u}", "train_seconds": 1.5 * u, "pretrain_flops": 1e9 * u}
+            for u in (2, 4)]
+    (tmp_path / "runs.json").write_text(json.dumps(runs))
+    for run, loss in zip(runs, (2.0, 1.25)):
+        (tmp_path / run["name"]).mkdir()
+        (tmp_path / run["name"] / "summary.json").write_text(json.dumps({"final_loss": loss, "effective_batch": {"samples_per_update": 4}}))
+    (tmp_path / "s0-u4" / "loss_curve.png").write_bytes(PNG)
+    metadata = md.pretrain_runs_metadata(tmp_path)
+    rows = [r.data for r in metadata["pretraining_runs"].value.records]
+    assert [(r["run"], r["updates"], r["train seconds"], r["FLOPs"], r["final loss"]) for r in rows] == [
+        ("s0-u2", "2", "3.0", "2e+09", "2.0000"), ("s0-u4", "4", "6.0", "4e+09", "1.2500")]
+    assert "data:image/png;base64" in metadata["loss_curve"].value and metadata["effective_batch"].value == {"samples_per_update": 4}
+
+
+def test_probe_records_show_one_row_per_source_and_protocol_and_the_final_sources_scores(tmp_path):
+    records = [{"source": s, "seed": 0, "pretrain_updates": u, "protocol": p, "metric": m, "value": v,
+                "selected": {"l2": 0.01} if p == "linear" else {"k": 20}}
+               for s, u in (("s0-u2", 2), ("s0-u4", 4)) for p in ("knn", "linear") for m, v in (("top1", u / 10),)]
+    (tmp_path / "records.json").write_text(json.dumps(records))
+    metadata = md.probe_metadata(tmp_path / "records.json")
+    rows = [r.data for r in metadata["probes"].value.records]
+    assert [(r["source"], r["protocol"], r["top1"]) for r in rows] == [
+        ("s0-u2", "knn", "0.2000"), ("s0-u2", "linear", "0.2000"), ("s0-u4", "knn", "0.4000"), ("s0-u4", "linear", "0.4000")]
+    assert rows[1]["selected"] == '{"l2": 0.01}'
+    assert (metadata["records"], metadata["knn_top1"], metadata["linear_top1"]) == (4, 0.4, 0.4)
