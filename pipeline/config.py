@@ -180,7 +180,6 @@ class Benchmark:
     pooling: str = "mean"  # one of POOLINGS
     layer: int | None = None  # the encoder block whose output is probed; None: the final (normalized) output
     finetune: str = "final"  # one of FINETUNE
-    linear_probe: tuple[str, ...] = ()  # methods whose final encoder also gets the fine-tuning stage's linear probe
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -229,11 +228,6 @@ def benchmark(params: dict[str, Any] | None = None) -> dict[str, Benchmark]:
         _choices(f"{where}.probes", run.probes, PROBES)
         _choices(f"{where}.pooling", (run.pooling,), POOLINGS)
         _choices(f"{where}.finetune", (run.finetune,), FINETUNE)
-        if not set(run.linear_probe) <= set(run.methods):
-            raise UserInputError(f"{where}.linear_probe: {list(run.linear_probe)} must be among "
-                                 f"its methods {list(run.methods)} (the probe reads their pretrained encoders)")
-        if run.linear_probe and m != "image":
-            raise UserInputError(f"{where}.linear_probe: the linear probe is defined for images only")
     return runs
 
 

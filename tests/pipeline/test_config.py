@@ -117,11 +117,10 @@ def test_benchmark_lists_come_from_params_yaml():
     runs = P.benchmark(params)
     assert list(runs) == list(P.MODALITIES)
     assert runs["image"] == P.Benchmark(methods=("data2vec2", "data2vec1", "mae"), task="fashion_mnist",
-                                        probes=("knn", "linear"), pooling="mean", layer=None, finetune="final",
-                                        linear_probe=("data2vec2",))
+                                        probes=("knn", "linear"), pooling="mean", layer=None, finetune="final")
     assert (runs["speech"].task, runs["speech"].probes, runs["speech"].pooling) == ("synth", ("ctc_probe",), "frames")
     assert runs["text"].methods[-1] == "mlm"
-    with pytest.raises(UserInputError, match="linear_probe"):
+    with pytest.raises(UserInputError, match=r"unknown key\(s\) \['linear_probe'\]"):  # the linear protocol replaced it
         P.benchmark({"benchmark": {"image": {"methods": ["mae"], "task": "t", "linear_probe": ["data2vec2"]}}})
     with pytest.raises(UserInputError, match=r"missing key\(s\) \['task'\]"):
         P.benchmark({"benchmark": {"text": {"methods": ["mlm"]}}})
