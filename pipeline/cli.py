@@ -168,7 +168,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict | str | None:
         from pipeline.train.launch import launch, under_torchrun
 
         if not under_torchrun() and args.nproc != 1:  # one process trains here, in a world of one
-            launch(args, argv)  # does not return
+            return launch(args, argv)  # rank 0 of the workers prints the summary
         summary = train(args)
         return summary if os.environ.get("RANK", "0") == "0" else None
     if args.stage == "throughput":
@@ -194,7 +194,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict | str | None:
 
         if not under_torchrun():
             preflight(args)
-            launch(args, argv)  # does not return
+            return launch(args, argv)  # rank 0 of the workers prints the summary
         summary = finetune(args)
         return summary if os.environ.get("RANK", "0") == "0" else None
     if args.stage == "evaluate":
@@ -227,6 +227,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict | str | None:
             "splits": {name: info["num_samples"] for name, info in index["splits"].items()},
             "shards": sum(len(info["shards"]) for info in index["splits"].values()),
             "skipped": len(index["skipped"]),
+            "ignored": len(index["ignored"]),
+            "conversions": len(index["conversions"]),
         }
     if args.stage == "tokenizer":
         from pipeline.data.tokenizer import train_tokenizer
@@ -241,11 +243,30 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run(args, argv)
     except UserInputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _failed(e, "error", 2)
     except TrainingStopped as e:
-        print(f"stopped: {e}", file=sys.stderr)
-        return 3
+        return _failed(e, "stopped", 3)
     if result is not None:
         print(result if isinstance(result, str) else json.dumps(result, indent=2, default=str))
     return 0
+
+
+def _failed(error: Exception, label: str, status: int) -> int:
+    """Print `label: message` on stderr (unless the torchrun launcher prints it for this worker) and return `status`."""
+    from pipeline.train.launch import report_error
+
+    message = original_message(error)
+    if not report_error(error, message):
+        print(f"{label}: {message}", file=sys.stderr)
+    return status
+
+
+def original_message(error: Exception) -> str:
+    """The error's own message. Raised inside a DataLoader worker, it comes back as the same type with torch's
+    "Caught X in DataLoader worker process N. Original Traceback ..." around it: the message is what follows the
+    traceback's last `module.X: `."""
+    text = str(error)
+    marker = f"{type(error).__module__}.{type(error).__qualname__}: "
+    if text.startswith(f"Caught {type(error).__name__} ") and "Original Traceback" in text and marker in text:
+        return text.rsplit(marker, 1)[1].strip()
+    return text

@@ -1,4 +1,5 @@
-"""The one CLI: --help on every stage, JSON summaries, and user errors as one message with exit status 2."""
+"""The one CLI: --help on every stage, JSON summaries, and user errors as one message with exit status 2 (also when
+raised inside a DataLoader worker)."""
 import json
 import subprocess
 import sys
@@ -37,9 +38,55 @@ def test_shard_prints_a_json_summary(tmp_path, capsys):
     code = main(["shard", "--modality", "text", "--source", str(tmp_path / "c.txt"), "--out", str(tmp_path / "o"),
                  "--params", str(tmp_path / "params.yaml"), "--max-samples-per-shard", "2", "--no-progress"])
     assert code == 0
-    assert json.loads(capsys.readouterr().out) == {"splits": {"train": 3}, "shards": 2, "skipped": 0}
+    assert json.loads(capsys.readouterr().out) == {"splits": {"train": 3}, "shards": 2, "skipped": 0, "ignored": 0,
+                                                   "conversions": 0}
+
+
+def test_shard_summary_counts_ignored_entries_and_conversions(tmp_path, capsys):
+    import numpy as np
+    import soundfile as sf
+
+    source = tmp_path / "speech"
+    source.mkdir()
+    sf.write(source / "a.wav", np.zeros(4000, dtype=np.float32), 8000)  # resampled to 16 kHz: a conversion
+    (source / "train.tsv").write_text("a.wav\thello\n")
+    (source / ".DS_Store").write_bytes(b"\0")
+    (source / "__MACOSX").mkdir()
+    (tmp_path / "params.yaml").write_text("seed: 0\n")
+    assert main(["shard", "--modality", "speech", "--source", str(source), "--out", str(tmp_path / "o"),
+                 "--params", str(tmp_path / "params.yaml"), "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    index = json.loads((tmp_path / "o" / "index.json").read_text())
+    assert (summary["ignored"], summary["conversions"]) == (len(index["ignored"]), len(index["conversions"])) == (2, 1)
 
 
 def test_unknown_modality_is_refused_by_argparse():
     with pytest.raises(SystemExit):
         build_parser().parse_args(["prepare", "--modality", "video"])
+
+
+class _Refuses:
+    """A dataset whose items are bad input."""
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        from pipeline.errors import UserInputError
+
+        raise UserInputError(f"shard-000000.tar sample {i:06d}: cannot decode; re-run `shard`")
+
+
+def test_an_error_in_a_dataloader_worker_prints_as_its_own_line(monkeypatch, capsys):
+    import torch.utils.data
+
+    from pipeline import cli
+
+    def run(args, argv):
+        next(iter(torch.utils.data.DataLoader(_Refuses(), num_workers=1)))
+
+    monkeypatch.setattr(cli, "run", run)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert cli.main(["summary", "--modality", "image"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: shard-000000.tar sample 000000: cannot decode; re-run `shard`\n"
