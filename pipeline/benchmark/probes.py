@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.errors import UserInputError
+from pipeline.finetune.metrics import ctc_feasible
 
 KNN_K = 20
 KNN_TEMPERATURE = 0.07
@@ -171,15 +172,6 @@ def linear(train: Labeled, valid: Labeled, test: Labeled, l2_grid: Sequence[floa
 # speech
 
 
-def ctc_feasible(targets: torch.Tensor, target_lengths: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """(N,) True where a CTC alignment exists: frames >= letters + repeated neighbours (a blank must separate them)."""
-    feasible = []
-    for row, letters in enumerate(torch.split(targets, target_lengths.tolist())):
-        repeats = int((letters[1:] == letters[:-1]).sum()) if len(letters) > 1 else 0
-        feasible.append(int(lengths[row]) >= len(letters) + repeats)
-    return torch.tensor(feasible, dtype=torch.bool)
-
-
 class _Utterances:
     """One split's frames (sum T, D), padded once into (T_max, N) positions for the CTC loss."""
 
@@ -187,7 +179,7 @@ class _Utterances:
         self.x, self.lengths = x, features.lengths
         self.targets, self.target_lengths = features.targets, features.target_lengths
         self.references = list(features.meta["references"])
-        self.feasible = ctc_feasible(self.targets, self.target_lengths, self.lengths)
+        self.feasible = torch.from_numpy(ctc_feasible(self.targets, self.target_lengths, self.lengths))
         rows = torch.repeat_interleave(torch.arange(len(self.lengths)), self.lengths)
         starts = torch.cumsum(self.lengths, 0) - self.lengths
         self.frame_index = (torch.arange(len(x)) - starts[rows], rows)  # (time, utterance) of every frame

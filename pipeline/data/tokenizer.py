@@ -107,6 +107,17 @@ def load(path: Path) -> Tokenizer:
     return tok
 
 
+def vocab_digest(tok: Tokenizer) -> str:
+    """The tokenizer's identity: sha256 of its vocabulary (token -> id, added tokens included) as sorted JSON.
+    Equal digests map every id to the same string. Checkpoints store it so that fine-tuning and evaluation refuse
+    another tokenizer (pipeline/finetune/model.py check_tokenizer)."""
+    import hashlib
+    import json
+
+    items = sorted(tok.get_vocab(with_added_tokens=True).items())
+    return hashlib.sha256(json.dumps(items, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
 def _from_state(serialized: str, encode_special_tokens: bool) -> Tokenizer:
     tok = Tokenizer.from_str(serialized)
     tok.encode_special_tokens = encode_special_tokens

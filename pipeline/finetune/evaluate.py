@@ -4,7 +4,9 @@ metrics) and the `evaluate` stage (any split, any time later, from best.pt / las
 Every rank scores its share of the batches (pipeline/finetune/data.py eval_batches); the results are gathered,
 so every rank holds the same metrics. Classification: class scores -> top1, top5, accuracy, macro-F1, MCC,
 confusion matrix. Speech: CTC best path (greedy) -> letters -> words; WER and CER against the reference
-transcripts normalized like the tokenizer's input (lower case, single spaces), with jiwer.
+transcripts normalized like the tokenizer's input (lower case, single spaces), with jiwer; ctc_loss over the
+utterances CTC can align (ctc_infeasible counts the others, whose transcripts are longer than their frames allow).
+The tokenizer must be the checkpoint's (its vocabulary digest is checked).
 
 `python -m pipeline evaluate --modality M --checkpoint models/.../finetune/TASK/best.pt --task TASK --split test`
 writes eval-<split>.json (the metrics.json schema) and confusion_matrix-<split>.png or samples-<split>.json
@@ -33,7 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test", help="train, valid or test (the task's splits), or any split name in the shards")
     p.add_argument("--out", type=Path, help="output folder (default: the checkpoint's folder)")
     p.add_argument("--shards", type=Path, help="shard folder (default: the one the model was fine-tuned on)")
-    p.add_argument("--tokenizer", type=Path, help="tokenizer.json (default: the one the model was fine-tuned with)")
+    p.add_argument("--tokenizer", type=Path, help="tokenizer.json (default: the one the model was fine-tuned with; "
+                   "another vocabulary, even of the same size or reordered, is refused: exit 2)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers (default: %(default)s)")
     p.add_argument("--params", type=Path, default=Path("params.yaml"), help="unused; accepted like every stage")
@@ -53,13 +56,15 @@ def _gather(values: list, world_size: int) -> list:
 def predict(model, dataset, device, dtype, batch_size: int, workers: int, rank: int = 0, world_size: int = 1) -> dict[str, Any]:
     """Run the model over `dataset` (every rank its share), gather, order by sample.
 
-    Classification: {"ids", "targets", "scores" (N, C)}; speech: {"ids", "references", "hypotheses", "ctc_losses"}
-    (each utterance's CTC negative log-likelihood of its transcript, in nats)."""
+    Classification: {"ids", "targets", "scores" (N, C)}; speech: {"ids", "references", "hypotheses", "ctc_losses"
+    (each utterance's CTC negative log-likelihood of its transcript, in nats; 0 where infeasible), "ctc_feasible"
+    (whether its transcript fits its frames: pipeline/finetune/metrics.py ctc_feasible)}."""
     import torch
     import torch.nn.functional as F
 
     from model.heads import greedy_decode
     from pipeline.finetune.data import eval_loader
+    from pipeline.finetune.metrics import ctc_feasible
 
     modality = dataset.modality
     was_training = model.training
@@ -73,9 +78,11 @@ def predict(model, dataset, device, dtype, batch_size: int, workers: int, rank: 
                 log_probs, lengths = model.log_probs(batch)
                 losses = F.ctc_loss(log_probs.transpose(0, 1), batch["targets"], lengths, batch["target_lengths"],
                                     blank=model.blank, reduction="none", zero_infinity=True).tolist()
-                for i, letters, loss in zip(ids, greedy_decode(log_probs, lengths, blank=model.blank), losses):
+                feasible = ctc_feasible(batch["targets"].cpu(), batch["target_lengths"].cpu(), lengths.cpu()).tolist()
+                decoded = greedy_decode(log_probs, lengths, blank=model.blank)
+                for i, letters, loss, fits in zip(ids, decoded, losses, feasible):
                     rows.append((i, reference_text(dataset.tokenizer, dataset.transcript(i)),
-                                 letters_to_text(dataset.tokenizer, letters), loss))
+                                 letters_to_text(dataset.tokenizer, letters), loss, fits))
             else:
                 scores = model.logits(batch["image" if modality == "image" else "tokens"]).float().cpu().numpy()
                 rows += [(i, int(t), s) for i, t, s in zip(ids, batch["target"].tolist(), scores)]
@@ -84,7 +91,7 @@ def predict(model, dataset, device, dtype, batch_size: int, workers: int, rank: 
     ids = [r[0] for r in rows]
     if modality == "speech":
         return {"ids": ids, "references": [r[1] for r in rows], "hypotheses": [r[2] for r in rows],
-                "ctc_losses": [r[3] for r in rows]}
+                "ctc_losses": [r[3] for r in rows], "ctc_feasible": [r[4] for r in rows]}
     return {"ids": ids, "targets": [r[1] for r in rows], "scores": np.stack([r[2] for r in rows])}
 
 
@@ -104,15 +111,24 @@ def letters_to_text(tokenizer, letters: list[int]) -> str:
 
 
 def score(modality: str, outputs: dict[str, Any]) -> tuple[dict[str, float], Any]:
-    """(metrics, extra): the confusion matrix for classification, (reference, hypothesis) samples for speech."""
+    """(metrics, extra): the confusion matrix for classification, (reference, hypothesis) samples for speech.
+
+    Speech: WER and CER over every utterance (from the decodings); ctc_loss, the mean NLL per utterance (it moves
+    long before greedy decoding emits letters), over the utterances CTC can align only: with zero_infinity an
+    infeasible one (more letters than its frames allow) scores a perfect 0. ctc_infeasible counts those; with
+    none feasible there is no ctc_loss."""
     from pipeline.finetune.metrics import classification_metrics, error_rates
 
     if modality == "speech":
         metrics = error_rates(outputs["references"], outputs["hypotheses"])
-        if outputs.get("ctc_losses"):  # mean NLL per utterance: moves long before greedy decoding emits letters
-            metrics["ctc_loss"] = float(np.mean(outputs["ctc_losses"]))
-        samples = [{"id": i, "reference": r, "hypothesis": h}
-                   for i, r, h in zip(outputs["ids"], outputs["references"], outputs["hypotheses"])]
+        feasible = outputs.get("ctc_feasible") or [True] * len(outputs["ids"])
+        losses = [loss for loss, fits in zip(outputs.get("ctc_losses", []), feasible) if fits]
+        if outputs.get("ctc_losses"):
+            metrics["ctc_infeasible"] = len(feasible) - len(losses)
+        if losses:
+            metrics["ctc_loss"] = float(np.mean(losses))
+        samples = [{"id": i, "reference": r, "hypothesis": h, "ctc_feasible": bool(f)}
+                   for i, r, h, f in zip(outputs["ids"], outputs["references"], outputs["hypotheses"], feasible)]
         return metrics, samples
     return classification_metrics(outputs["targets"], outputs["scores"])
 
@@ -187,7 +203,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
     from pipeline.finetune import tasks as finetune_tasks
     from pipeline.finetune import config as finetune_config
     from pipeline.finetune.data import LabeledBatches
-    from pipeline.finetune.model import build_encoder, build_task_model
+    from pipeline.finetune.model import build_encoder, build_task_model, check_tokenizer
     from pipeline.train.optim import autocast_dtype
 
     torch.set_flush_denormal(True)
@@ -205,6 +221,8 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
     from model import config_from_dict
 
     model_cfg = config_from_dict(conf["model"])
+    if tokenizer is not None:
+        check_tokenizer(tokenizer, args.checkpoint, conf, lambda tok: _vocab_mismatch(cfg.modality, tok, tokenizer, conf, model_cfg))
     model = build_task_model(cfg, build_encoder(model_cfg), conf["num_outputs"])
     model.load_state_dict(ckpt["model"])
     device = torch.device("cuda" if (args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())) else "cpu")
@@ -212,6 +230,9 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
 
     split, positions = _split_of(task, cfg, args.split)
     data = LabeledBatches(cfg, model_cfg, task.shard_dir, split, positions, tokenizer, len(task.classes or []) or None)
+    if not len(data):
+        raise UserInputError(f"{task.shard_dir}/index.json: split {split!r} has no samples (see `skipped` there); "
+                             "nothing to evaluate")
     started = time.perf_counter()
     outputs = predict(model, data, device, autocast_dtype(cfg.precision, device), cfg.eval_batch_size, args.workers)
     metrics, extra = score(cfg.modality, outputs)
@@ -227,6 +248,17 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
     summary = {k: v for k, v in record.items() if k != "metrics"}
     summary["metrics"] = {k: v for k, v in record["metrics"].items() if k != "confusion_matrix"}
     return {**summary, "outputs": {"metrics": str(out / f"eval{suffix}.json"), **written}}
+
+
+def _vocab_mismatch(modality: str, tok, tokenizer_path: Path, conf: dict[str, Any], model_cfg) -> str | None:
+    """For a checkpoint without a tokenizer digest: why `tok` cannot be its tokenizer by size (CTC outputs; text:
+    vocabulary size and <pad> id), or None."""
+    from pipeline.finetune.model import speech_vocab_size, text_vocab_mismatch
+
+    if modality == "speech":
+        size = speech_vocab_size(tokenizer_path)
+        return None if size == conf["num_outputs"] else f"{size} letters and specials, not the CTC head's {conf['num_outputs']}"
+    return text_vocab_mismatch(tok, model_cfg.text)
 
 
 def _split_of(task, cfg, split: str) -> tuple[str, list[int] | None]:

@@ -1,5 +1,6 @@
 """Downstream metrics: classification (accuracy, top-k, macro-F1, Matthews correlation, confusion matrix) and
-speech recognition (word and character error rates, with jiwer). Plain numpy in, Python floats out."""
+speech recognition (word and character error rates, with jiwer; which utterances CTC can align at all). Plain
+numpy in, Python floats out."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -76,3 +77,18 @@ def error_rates(references: Sequence[str], hypotheses: Sequence[str]) -> dict[st
     chars = jiwer.process_characters(list(references), list(hypotheses))
     return {"wer": float(words.wer), "cer": float(chars.cer), "num_samples": len(references),
             "substitutions": int(words.substitutions), "deletions": int(words.deletions), "insertions": int(words.insertions)}
+
+
+def ctc_feasible(targets: Sequence[int], target_lengths: Sequence[int], lengths: Sequence[int]) -> np.ndarray:
+    """(N,) bool: True where a CTC alignment exists, i.e. frames >= letters + repeated neighbours (a blank must
+    separate two equal letters). `targets`: every utterance's letter ids concatenated (sum of target_lengths,);
+    `target_lengths`, `lengths` (frames): (N,). Elsewhere CTC's likelihood is 0 (loss inf; 0 with zero_infinity):
+    such an utterance cannot be scored by its loss, only by its decoding."""
+    targets = np.asarray(targets)
+    ends = np.cumsum(np.asarray(target_lengths, dtype=np.int64))
+    feasible = np.zeros(len(ends), dtype=bool)
+    for row, (start, end) in enumerate(zip(ends - np.asarray(target_lengths, dtype=np.int64), ends)):
+        letters = targets[start:end]
+        repeats = int((letters[1:] == letters[:-1]).sum())
+        feasible[row] = int(lengths[row]) >= len(letters) + repeats
+    return feasible

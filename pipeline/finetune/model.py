@@ -3,6 +3,9 @@ config stored in it) or a freshly initialized preset (`scratch`), with the task 
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +31,8 @@ def load_pretrained(path: Path | None) -> dict[str, Any] | None:
     method = (ckpt["config"].get("pretrain") or {}).get("method") or model_cfg.get("method", "data2vec2")
     return {"path": str(path), "model": model_cfg, "student": student, "method": method,
             "update": int(ckpt.get("update", 0)), "train_seconds": float(ckpt.get("train_seconds", 0.0)),
-            "preset": model_cfg.get("preset")}
+            "preset": model_cfg.get("preset"), "tokenizer": ckpt["config"].get("tokenizer"),
+            "tokenizer_vocab_sha256": ckpt["config"].get("tokenizer_vocab_sha256")}
 
 
 def encoder_config(modality: str, cfg: FinetuneConfig, pretrained: dict[str, Any] | None, tokenizer_path: Path | None):
@@ -49,18 +53,45 @@ def encoder_config(modality: str, cfg: FinetuneConfig, pretrained: dict[str, Any
             from pipeline.pretrain.stage import text_vocab
 
             text_vocab(model_cfg, tokenizer_path)
-    if modality == "text" and tokenizer_path is not None:
-        from pipeline.data.tokenizer import load
-
-        tok = load(tokenizer_path)
-        if tok.get_vocab_size() != model_cfg.text.vocab_size or tok.token_to_id("<pad>") != model_cfg.text.pad_idx:
-            raise UserInputError(f"{tokenizer_path}: {tok.get_vocab_size()} tokens, but the encoder was pretrained with "
-                                 f"{model_cfg.text.vocab_size}; pass the tokenizer it was pretrained with (--tokenizer)")
+    if modality == "text" and tokenizer_path is not None and pretrained is not None:
+        check_tokenizer(tokenizer_path, pretrained["path"], pretrained, lambda tok: text_vocab_mismatch(tok, model_cfg.text))
     changes = {k: getattr(cfg, k) for k in ENCODER_OVERRIDES if getattr(cfg, k) is not None}
     if "dropout" in changes:
         changes["post_mlp_drop"] = changes["dropout"]
     model_cfg.encoder = dataclasses.replace(model_cfg.encoder, **changes)
     return model_cfg
+
+
+def check_tokenizer(tokenizer_path: Path, checkpoint: str | Path, stored: dict[str, Any],
+                    mismatch: Callable[[Any], str | None]) -> None:
+    """Refuse a tokenizer other than the one `checkpoint` was trained with: ids would mean other strings (a text
+    encoder's embeddings, a CTC head's letters). `stored`: the checkpoint's config (or load_pretrained's dict)
+    with `tokenizer` (its path then) and `tokenizer_vocab_sha256` (pipeline/data/tokenizer.py vocab_digest).
+    A checkpoint written before the digest was stored: `mismatch(tokenizer)` (the size and <pad> checks, a reason
+    or None) is all that can be checked, and a note on stderr says so. Raises UserInputError naming both files."""
+    from pipeline.data.tokenizer import load, vocab_digest
+
+    tok = load(tokenizer_path)
+    trained_with = stored.get("tokenizer") or "its tokenizer"
+    digest = stored.get("tokenizer_vocab_sha256")
+    if digest is None:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"note: {checkpoint} records no tokenizer digest (written before digests were stored): only the "
+                  f"vocabulary size and <pad> id of {tokenizer_path} are checked", file=sys.stderr)
+        reason = mismatch(tok)
+    else:
+        reason = None if vocab_digest(tok) == digest else "another vocabulary (its sha256 differs)"
+    if reason:
+        raise UserInputError(f"{tokenizer_path}: not the tokenizer {checkpoint} was trained with ({trained_with}): "
+                             f"{reason}, so ids would mean other strings; pass that one with --tokenizer")
+
+
+def text_vocab_mismatch(tok, text_cfg) -> str | None:
+    """Why `tok` cannot be a text encoder's tokenizer by size and <pad> id (model.config TextConfig), or None."""
+    if tok.get_vocab_size() != text_cfg.vocab_size or tok.token_to_id("<pad>") != text_cfg.pad_idx:
+        return (f"{tok.get_vocab_size()} tokens and <pad> id {tok.token_to_id('<pad>')}, not the encoder's "
+                f"{text_cfg.vocab_size} and {text_cfg.pad_idx}")
+    return None
 
 
 def build_encoder(model_cfg, state: dict | None = None):

@@ -2,7 +2,8 @@
 a task head, trained on labeled shards under torchrun + DDP, then evaluated on the task's test split.
 
 The engine is pretraining's (pipeline/train/trainer.py) with the fine-tuning hooks (pipeline/finetune/trainer.py):
-`python -m pipeline finetune ...` outside torchrun re-executes itself under torchrun (pipeline/train/launch.py);
+`python -m pipeline finetune ...` outside torchrun runs itself under torchrun (pipeline/train/launch.py: a worker's
+exit status 2 or 3 and its message come back through it);
 global batches are a pure function of (seed, update), so 1 and N processes train on the same samples; last.pt
 resumes exactly; a NaN/Inf loss stops the run (exit 3) keeping the last good checkpoint; rank 0 shows progress
 and writes metrics.jsonl, TensorBoard events and, under Dagster Pipes, reports the summary (pipeline/train/pipes.py).
@@ -35,8 +36,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", default="finetune", choices=("finetune", "linear_probe"),
                    help="linear_probe (images): train a linear classifier on frozen features")
     p.add_argument("--out", type=Path, help="output folder (default: models/<modality>/<method>/finetune/<task>[-<mode>][-f<fraction>])")
-    p.add_argument("--shards", type=Path, help="shard folder of your own labeled data (default: data/shards/<modality>)")
-    p.add_argument("--tokenizer", type=Path, help="tokenizer.json (default: data/tokenizers/<modality>/tokenizer.json)")
+    p.add_argument("--shards", type=Path, help="shard folder of your own labeled data (default: data/shards/<modality>): "
+                   "splits train, valid (optional: else params.yaml valid_size samples are carved from train) and test "
+                   "(optional: else the final metrics are on valid). A split `shard` left without samples counts as "
+                   "absent (the log says so); an empty train split is an error (exit 2)")
+    p.add_argument("--tokenizer", type=Path, help="tokenizer.json (default: data/tokenizers/<modality>/tokenizer.json); "
+                   "for a text checkpoint, the one it was pretrained with: checkpoints store a digest of the "
+                   "vocabulary, and another one (even of the same size) is refused (exit 2)")
     p.add_argument("--max-updates", type=int, help="update budget (overrides params.yaml)")
     p.add_argument("--seed", type=int, help="seed of the run: head and scratch initialisation, batches, carved "
                    "validation set (overrides params.yaml seed; the benchmark passes the pretraining run's)")

@@ -7,6 +7,9 @@ Embedded tasks (data/shards/<modality>, the default data):
   text    lexname, fortune  splits <task>_train / <task>_valid / <task>_test, classes in index.json `tasks`
 Your own data (`--shards DIR`, written by `python -m pipeline shard --source ...`): any task name; splits
 train / valid / test (valid and test optional); classes from index.json `classes` (ImageFolder, GLUE TSV).
+A split without samples (e.g. every file of valid/ was skipped by `shard`) counts as absent: an empty valid is
+carved from train, an empty test leaves the final metrics on the validation split, each with a note in the log;
+an empty train split is an error.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ class Task:
     valid: str | None  # None: carve a validation subset from train
     test: str | None  # None: the final metrics are reported on the validation split
     classes: list[str] | None  # classification tasks; None for speech
+    notes: tuple[str, ...] = ()  # what was made of empty splits, for the run's log
 
     @property
     def eval_role(self) -> str:
@@ -61,11 +65,22 @@ def resolve(modality: str, task: str, shard_dir: Path | None = None) -> Task:
         classes = index.get("classes")
     if names["train"] not in splits:
         raise UserInputError(f"{index_path}: task {task!r} needs a {names['train']!r} split; it has {sorted(splits)}")
+    if not splits[names["train"]]["num_samples"]:
+        raise UserInputError(f"{index_path}: split {names['train']!r} has no samples (see `skipped` there for why); "
+                             "fix or replace its files and re-run `python -m pipeline shard`")
+    notes = []
+    for role, instead in (("valid", f"a validation set is carved from {names['train']!r}"),
+                          ("test", "the final metrics are reported on the validation set")):
+        if names[role] in splits and not splits[names[role]]["num_samples"]:
+            notes.append(f"{index_path}: split {names[role]!r} has no samples (see `skipped` there): {instead}, as "
+                         "when it is absent")
+            names[role] = None
     if modality != "speech" and not classes:
         raise UserInputError(f"{index_path}: no class labels; {modality} fine-tuning needs labeled shards "
                              "(an ImageFolder tree, or a TSV with a label column)")
     return Task(modality, task, shard_dir, names["train"], names["valid"] if names["valid"] in splits else None,
-                names["test"] if names["test"] in splits else None, list(classes) if modality != "speech" else None)
+                names["test"] if names["test"] in splits else None, list(classes) if modality != "speech" else None,
+                tuple(notes))
 
 
 def read_labels(shard_dir: Path, split: str) -> list[int]:

@@ -61,6 +61,8 @@ class Finetuner(Trainer):
         model_cfg = encoder_config(modality, cfg, pretrained, tokenizer_path)
         super().__init__(cfg, model_cfg, dist, out, run)
         self.pretrained = None  # its weights are in the model now
+        for note in task.notes:
+            self.say(note)
         self.valid_data = self.data(task.valid) if task.valid else self.data(task.train, self.carved)
 
     def data(self, split: str, positions: list[int] | None = None) -> LabeledBatches:
@@ -113,12 +115,17 @@ class Finetuner(Trainer):
                                         task.shard_dir / "index.json", self.tokenizer_path])}
 
     def resolved_config(self) -> dict[str, Any]:
+        """Also the tokenizer's vocabulary digest, which `evaluate` checks its tokenizer against."""
+        from pipeline.data.tokenizer import load, vocab_digest
+
         task = self.task
+        digest = vocab_digest(load(self.tokenizer_path)) if self.tokenizer_path else None
         return {"finetune": dataclasses.asdict(self.cfg), "model": self.model_cfg.to_dict(), "method": self.method,
                 "task": {"name": task.name, "shards": str(self.shards) if self.shards else None, "train": task.train,
                          "valid": task.valid or f"{task.train} (carved: {len(self.carved or [])})", "test": task.test,
-                         "classes": task.classes},
-                "tokenizer": str(self.tokenizer_path) if self.tokenizer_path else None, "num_outputs": self.num_outputs,
+                         "classes": task.classes, "notes": list(task.notes)},
+                "tokenizer": str(self.tokenizer_path) if self.tokenizer_path else None, "tokenizer_vocab_sha256": digest,
+                "num_outputs": self.num_outputs,
                 "pretrained": self.origin, "labeled_samples": len(self.pool), **super().resolved_config()}
 
     def describe(self) -> str:

@@ -132,8 +132,14 @@ class Pretrainer(Trainer):
         return {**super().effective_batch(), "clone_batch": clones, "student_rows_per_update": self.cfg.batch_size * clones}
 
     def resolved_config(self) -> dict[str, Any]:
+        """Also the text tokenizer and its vocabulary digest, which fine-tuning checks its tokenizer against."""
+        from pipeline.data.tokenizer import load, vocab_digest
+
         cfg = self.cfg
-        return {"pretrain": dataclasses.asdict(cfg), "model": self.model_cfg.to_dict(), **super().resolved_config(),
+        text = cfg.modality == "text"
+        tokenizer = {"tokenizer": str(self.tokenizer_path) if text else None,
+                     "tokenizer_vocab_sha256": vocab_digest(load(self.tokenizer_path)) if text else None}
+        return {"pretrain": dataclasses.asdict(cfg), "model": self.model_cfg.to_dict(), **tokenizer, **super().resolved_config(),
                 "lr": {"base": cfg.lr, "resolved": self.lr, "rule": cfg.lr_scaling, "reference_batch_size": cfg.reference_batch_size,
                        "note": "fewer devices reproduce a larger run by raising grad_accum at the same batch_size"}}
 
