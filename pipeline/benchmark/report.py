@@ -571,7 +571,10 @@ def run(args) -> dict[str, Any]:
                "dvc_lock_md5": hashlib.md5(lock.read_bytes()).hexdigest() if lock.exists() else "no dvc.lock",
                "hardware": throughput[0]["device"] if throughput else f"{platform.machine()} ({platform.platform()})"}
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "metrics.json", records)
+    # every record with every key (None where its protocol has none): `dvc plots` reads a list of records only
+    # when all of them have the same keys (probe and fine-tuning records carry different extras)
+    keys = list(dict.fromkeys(k for r in records for k in r))
+    atomic_write_json(out / "metrics.json", [{k: r.get(k) for k in keys} for r in records])
     result = build(records, throughput, out, context)
     atomic_write_json(out / "headline.json", headline_metrics(result["groups"]))
     return {"records": len(records), "report": str(out / "benchmark.md"), "statements": result["statements"],
