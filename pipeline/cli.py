@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from pipeline.config import MODALITIES, TOKENIZER
+from pipeline.data.shard_cache import LOCATION_HELP, local_folder, shard_location
 from pipeline.errors import TrainingStopped, UserInputError
 
 EPILOG = "Hyper-parameters and data sizes come from params.yaml (see --params). Outputs land under data/ (DVC-tracked)."
@@ -67,7 +68,7 @@ def _data_stages(stages) -> None:
                           description="Train data/tokenizers/<modality>/tokenizer.json: byte-level BPE for text, "
                           "a character vocabulary for speech transcripts (CTC).")
     p.add_argument("--modality", required=True, choices=tuple(TOKENIZER))
-    p.add_argument("--shards", type=Path, help="shard folder (default: data/shards/<modality>)")
+    p.add_argument("--shards", type=shard_location, help=f"shards: {LOCATION_HELP} (default: data/shards/<modality>)")
     p.add_argument("--out", type=Path, help="tokenizer.json path (default: data/tokenizers/<modality>/tokenizer.json)")
     _common(p)
 
@@ -241,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "shards", None) is not None:  # a URL: its index.json, in this node's shard cache
+            args.shards = local_folder(args.shards)
         result = run(args, argv)
     except UserInputError as e:
         return _failed(e, "error", 2)

@@ -10,6 +10,10 @@ Integrity: before a split is used, each of its shards is checked against index.j
 bytes), once per process and file version; a changed, truncated or missing shard is a UserInputError saying to
 re-run `shard`. A sample that still fails to decode during training is reported with its shard and key
 (`IndexedShards.decoding`).
+
+Remote shards (http(s)://, s3://, gs://, pipe:) are read from a folder of the node's shard cache
+(pipeline/data/shard_cache.py): the split's shards are fetched into it, and checked against index.json's sha256,
+when the split is first opened; reading is then the same as for a local folder.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.data import shard_cache
 from pipeline.data.shard_writer import shard_bytes_problem
 from pipeline.errors import UserInputError
 
@@ -85,7 +90,8 @@ def verify_shards(shard_dir: Path, index: dict, split: str) -> None:
 
 class IndexedShards:
     """Samples of one split, addressed 0..len-1 in index.json order; each sample is {"__key__", ext: bytes}.
-    `verify` (default on) checks the split's shards against index.json first (`verify_shards`)."""
+    `verify` (default on) checks the split's shards against index.json first (`verify_shards`); in a shard
+    cache folder (`shard_cache.local_folder`) the split's shards are fetched and checked instead."""
 
     def __init__(self, shard_dir: Path, split: str, verify: bool = True):
         index_path = Path(shard_dir) / "index.json"
@@ -94,7 +100,9 @@ class IndexedShards:
         index = json.loads(index_path.read_text(encoding="utf-8"))
         if split not in index["splits"]:
             raise UserInputError(f"{index_path}: no split {split!r}; it has {sorted(index['splits'])}")
-        if verify:
+        if shard_cache.origin(shard_dir) is not None:  # a cache folder of remote shards: fetched and checked there
+            shard_cache.fetch_split(Path(shard_dir), index, split)
+        elif verify:
             verify_shards(Path(shard_dir), index, split)
         self.index = index
         self.paths = [Path(shard_dir) / s["name"] for s in index["splits"][split]["shards"]]

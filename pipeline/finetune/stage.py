@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import MODALITIES
+from pipeline.data.shard_cache import LOCATION_HELP, shard_location
 from pipeline.errors import UserInputError
 from pipeline.train.launch import add_run_arguments
 
@@ -36,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", default="finetune", choices=("finetune", "linear_probe"),
                    help="linear_probe (images): train a linear classifier on frozen features")
     p.add_argument("--out", type=Path, help="output folder (default: models/<modality>/<method>/finetune/<task>[-<mode>][-f<fraction>])")
-    p.add_argument("--shards", type=Path, help="shard folder of your own labeled data (default: data/shards/<modality>): "
+    p.add_argument("--shards", type=shard_location, help=f"shards of your own labeled data: {LOCATION_HELP} (default: data/shards/<modality>); "
                    "splits train, valid (optional: else params.yaml valid_size samples are carved from train) and test "
                    "(optional: else the final metrics are on valid). A split `shard` left without samples counts as "
                    "absent (the log says so); an empty train split is an error (exit 2)")

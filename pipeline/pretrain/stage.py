@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import MODALITIES
+from pipeline.data.shard_cache import LOCATION_HELP, shard_location
 from pipeline.errors import UserInputError
 from pipeline.train.launch import add_run_arguments
 
@@ -35,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="data2vec2 (default), data2vec1, or the baseline of the modality: mae (image), wav2vec2 (speech), mlm (text)")
     p.add_argument("--preset", help="tiny, base or large (default: params.yaml pretrain.<modality>.preset)")
     p.add_argument("--out", type=Path, help="output folder (default: models/<modality>/<method>/pretrain)")
-    p.add_argument("--shards", type=Path, help="shard folder (default: data/shards/<modality>)")
+    p.add_argument("--shards", type=shard_location, help=f"shards: {LOCATION_HELP} (default: data/shards/<modality>)")
     p.add_argument("--tokenizer", type=Path, help="text tokenizer.json (default: data/tokenizers/text/tokenizer.json)")
     p.add_argument("--max-updates", type=int, help="update budget (overrides params.yaml)")
     p.add_argument("--budget-seconds", type=float, help="wall-clock budget of the training loop (overrides params.yaml)")
