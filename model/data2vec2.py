@@ -76,6 +76,9 @@ class Data2Vec2(Encoder):
         self._init_weights()
         # teacher: EMA copy of the parts in cfg.ema_scope, stored outside the registered modules (model/ema.py)
         object.__setattr__(self, "teacher", make_teacher(self, cfg.ema_scope))
+        # the decay of the latest ema_step as a tensor, for the stats: forward reads no per-update Python number,
+        # which torch.compile would guard on and recompile for at every update
+        self.register_buffer("ema_decay_now", torch.tensor(self.ema_decay_at(0)), persistent=False)
 
     def _init_weights(self) -> None:
         # BERT init (fairseq init_bert_params) for Linear and Embedding; the patch-embed conv keeps its
@@ -152,6 +155,7 @@ class Data2Vec2(Encoder):
         """
         super().ema_step(update)
         decay = self.ema_decay_at(update)
+        self.ema_decay_now.fill_(decay)
         if decay < 1:
             ema_update(self.teacher, self, decay)
         return decay
@@ -220,7 +224,7 @@ class Data2Vec2(Encoder):
         stats.update(
             target_var=token_std(y_clones, selected),
             pred_var=token_std(pred, selected),
-            ema_decay=self.ema_decay_at(self.num_updates),
+            ema_decay=self.ema_decay_now.detach().clone(),
             masked_frac=1 - keep.num_keep / T,
             sample_size=sample_size.detach(),
         )

@@ -65,10 +65,12 @@ class ImageContextEncoder(nn.Module):
         """x (N, L, D) local features -> (N, 1 + L_keep, D); images have no padding and no attention bias."""
         if padding_mask is not None:
             raise ValueError("images have no padding")
-        x = x + self.positions.to(x.dtype)
+        # fp32 positions and CLS make the residual stream fp32 under autocast, as in fairseq (whose stream stays
+        # fp32 and only the matmuls run in bf16); a bf16 stream would also make the decoder's noise bf16
+        x = x + self.positions
         if keep is not None:
             x = gather_tokens(x, keep.ids_keep)  # (N, L_keep, D): the student sees visible patches only
-        x = torch.cat([self.extra_tokens.to(x.dtype).expand(x.shape[0], -1, -1), x], dim=1)
+        x = torch.cat([self.extra_tokens.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
         if self.norm is not None:
             x = self.norm(x)
         x, _ = forward_blocks(self.blocks, self.dropout(x))

@@ -181,6 +181,24 @@ def make_mask(cfg, seed: int, step: int, ids: Ids, input_length: int | None = No
                              m.mask_prob_adjust, m.inverse_mask)
 
 
+def check_mask_counts(mask: torch.Tensor, num_masked_per_row: int) -> None:
+    """Every row of `mask` (N, T) must hold `num_masked_per_row` True cells (the student input is dense).
+
+    Without a host sync: on the CPU, outside torch.compile, a ValueError naming the counts found; on an
+    accelerator, or inside a compiled graph, an asynchronous device assert (`torch._assert_async`), so neither
+    the GPU stream stalls nor the graph breaks on a `Tensor.item()`. Meta tensors are not checked.
+    """
+    if mask.is_meta or mask.shape[0] == 0:
+        return
+    ok = (mask.sum(1) == num_masked_per_row).all()
+    if mask.device.type == "cpu" and not torch.compiler.is_compiling():
+        if not bool(ok):
+            counts = sorted(set(mask.sum(1).tolist()))
+            raise ValueError(f"every mask row must have {num_masked_per_row} masked tokens, got {counts}")
+    else:
+        torch._assert_async(ok, f"every mask row must have {num_masked_per_row} masked tokens")
+
+
 @dataclass
 class MaskInfo:
     """Index form of a batch of masks with equal counts per row.
@@ -197,12 +215,7 @@ class MaskInfo:
     @classmethod
     def from_mask(cls, mask: torch.Tensor, num_masked_per_row: int) -> "MaskInfo":
         mask = mask.bool()
-        if not mask.is_meta:
-            counts = mask.sum(1)
-            if counts.numel() and not bool((counts == num_masked_per_row).all()):
-                raise ValueError(
-                    f"every mask row must have {num_masked_per_row} masked tokens, got {sorted(set(counts.tolist()))}"
-                )
+        check_mask_counts(mask, num_masked_per_row)
         # stable sort: visible tokens first in their original order, then the masked ones
         ids_shuffle = torch.argsort(mask.to(torch.int8), dim=1, stable=True)
         ids_restore = torch.argsort(ids_shuffle, dim=1)

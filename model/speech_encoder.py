@@ -97,6 +97,7 @@ class SpeechContextEncoder(nn.Module):
         self.alibi_scale = nn.Parameter(torch.full((heads,), cfg.alibi_scale))
         self.norm = None if encoder_cfg.layer_norm_first else nn.LayerNorm(dim, eps=encoder_cfg.norm_eps)
         self.dropout = nn.Dropout(cfg.prenet_dropout)
+        self.zero_padding = cfg.zero_padding_before_pos_conv
         self.blocks = make_blocks(encoder_cfg, cfg.prenet_depth)
 
     def forward(
@@ -104,7 +105,10 @@ class SpeechContextEncoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """x (N, T, D) -> (N, T_keep, D), padding of the kept frames, attention mask (N, H, T_keep, T_keep)."""
         T = x.shape[1]
-        if padding_mask is not None:
+        # the residual stream in the parameters' dtype (fp32 under autocast, whose projection hands over bf16):
+        # only the matmuls and convs run in low precision, as for images and text
+        x = x.to(self.alibi_scale.dtype)
+        if padding_mask is not None and self.zero_padding:
             # padded frames are zeroed before the positional conv (fairseq wav2vec 2.0 `x[padding_mask] = 0`),
             # so the padding's content cannot reach the real frames through the conv
             x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)

@@ -3,10 +3,17 @@
 A block returns `(x, ffn_out)`: `ffn_out` is the MLP output before dropout, residual and LayerNorm, which is
 the teacher's target tap (fairseq `ffn_targets=True`).
 
+Attention runs one of two equivalent kernels, chosen per device and dtype (`attention_kernel`):
+  * "explicit": fairseq's own `q @ k^T + bias -> softmax(fp32) -> @ v`, the bias and the softmax in fp32 (as
+    fairseq `AltAttention`). Used for bf16/fp16 on CPU: there PyTorch's SDPA CPU kernel runs 3-7x slower than
+    this at data2vec 2.0's short sequences (measured by `python -m pipeline throughput --compare`, see
+    docs/performance.md).
+  * "sdpa": `F.scaled_dot_product_attention` (fused or flash kernels, softmax in fp32 inside), everywhere else:
+    fp32 on CPU, and any dtype on GPU. The padding mask and ALiBi are folded into one additive mask in the
+    query dtype.
+  Both give the same outputs and gradients (tests/model/test_model_blocks.py).
+
 Changes from the official code:
-  * attention goes through `F.scaled_dot_product_attention`; its fused kernels keep the softmax in fp32 (the
-    official code calls `softmax(dtype=float32)` explicitly). The padding mask and ALiBi are folded into one
-    additive mask in the query dtype.
   * the pre-LN branch of fairseq's AltBlock uses the MLP output as its own residual (`r = x = mlp(norm2(x))`);
     here pre-LN is the standard `x + mlp(norm2(x))`. No released data2vec 2.0 config is pre-LN.
 """
@@ -49,6 +56,29 @@ class Mlp(nn.Module):
         return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
 
 
+def attention_kernel(device: torch.device, dtype: torch.dtype) -> str:
+    """"explicit" for reduced precision on CPU, "sdpa" otherwise (see the module docstring for why)."""
+    return "explicit" if device.type == "cpu" and dtype in (torch.bfloat16, torch.float16) else "sdpa"
+
+
+def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None,
+                       dropout_p: float = 0.0) -> torch.Tensor:
+    """fairseq `AltAttention`: softmax(q k^T / sqrt(d) + bias) v with the bias and softmax in fp32.
+
+    q, k, v (B, H, T, d); attn_mask None, bool (B, 1|H, 1|T, T) True = attend, or additive float (B, H|1, T, T).
+    Returns (B, H, T, d) in q's dtype. Same semantics as `F.scaled_dot_product_attention`.
+    """
+    attn = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, H, T, T)
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            attn = attn.masked_fill(~attn_mask, float("-inf"))
+        else:
+            attn = attn.float() + attn_mask.float()
+    attn = attn.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
+    attn = F.dropout(attn, dropout_p) if dropout_p > 0 else attn
+    return attn @ v
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with qkv bias; scale head_dim^-0.5."""
 
@@ -65,10 +95,13 @@ class Attention(nn.Module):
         B, T, C = x.shape
         qkv = self.qkv(x).reshape(B, T, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, H, T, C/H)
-        if attn_mask is not None and attn_mask.is_floating_point():
-            attn_mask = attn_mask.to(q.dtype)
         dropout_p = self.attention_dropout if self.training else 0.0
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+        if attention_kernel(q.device, q.dtype) == "explicit":
+            x = explicit_attention(q, k, v, attn_mask, dropout_p)
+        else:
+            if attn_mask is not None and attn_mask.is_floating_point():
+                attn_mask = attn_mask.to(q.dtype)
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
         x = x.transpose(1, 2).reshape(B, T, C)
         return self.proj_drop(self.proj(x))
 

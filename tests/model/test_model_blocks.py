@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from model.config import TransformerConfig
-from model.transformer import Block, alibi_bias, alibi_slopes, attention_mask, forward_blocks, make_blocks
+from model.transformer import (Block, alibi_bias, alibi_slopes, attention_kernel, attention_mask, explicit_attention,
+                               forward_blocks, make_blocks)
 
 
 def _explicit_attention(attn, x, padding_mask=None, bias=None):
@@ -109,3 +110,40 @@ def test_sdpa_half_precision_matches_fp32_reference(inputs):
     ref = _explicit_attention(block.attn, x, padding, bias)
     low = block.attn.to(torch.bfloat16)(x.bfloat16(), attention_mask(padding, bias)).float()
     assert F.mse_loss(low, ref) < 1e-3
+
+
+@pytest.mark.parametrize("mask_form", ["none", "padding", "alibi_and_padding"])
+def test_explicit_and_sdpa_kernels_give_the_same_outputs_and_gradients(inputs, mask_form):
+    x, padding, bias = inputs
+    mask = {"none": None, "padding": attention_mask(padding, None), "alibi_and_padding": attention_mask(padding, bias)}[mask_form]
+    torch.manual_seed(1)
+    q, k, v = (torch.randn(2, 4, 6, 8, requires_grad=True) for _ in range(3))
+    results = []
+    for kernel in (explicit_attention, F.scaled_dot_product_attention):
+        out = kernel(q, k, v, mask)
+        grads = torch.autograd.grad((out * torch.linspace(-1, 1, 8)).sum(), (q, k, v))
+        results.append((out, *grads))
+    for explicit, sdpa in zip(*results):
+        torch.testing.assert_close(explicit, sdpa, rtol=1e-5, atol=1e-6)
+
+
+def test_attention_kernel_per_device_and_dtype(inputs, monkeypatch):
+    cpu = torch.device("cpu")
+    assert attention_kernel(cpu, torch.float32) == "sdpa" and attention_kernel(cpu, torch.bfloat16) == "explicit"
+    assert attention_kernel(torch.device("cuda"), torch.bfloat16) == "sdpa"
+    # under bf16 autocast on CPU the block does not call SDPA, and its output and input gradient stay close to fp32
+    x, padding, bias = inputs
+    block = Block(16, 4).eval()
+    x = x.clone().requires_grad_(True)
+    ref = block(x, attention_mask(padding, bias))[0]
+    (ref_grad,) = torch.autograd.grad(ref.sum(), x)
+
+    def no_sdpa(*args, **kwargs):
+        raise AssertionError("SDPA called under bf16 on CPU")
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", no_sdpa)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = block(x, attention_mask(padding, bias))[0]
+    (low_grad,) = torch.autograd.grad(low.float().sum(), x)
+    torch.testing.assert_close(low.float(), ref, rtol=0.05, atol=0.05)
+    torch.testing.assert_close(low_grad, ref_grad, rtol=0.05, atol=0.05)
