@@ -7,11 +7,13 @@ DVC_VENV := .venv-dvc
 PY := $(VENV)/bin/python
 DVC := $(DVC_VENV)/bin/dvc
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
+# dvc.yaml's stage commands call `python` (so `dvc exp run --temp/--queue` work in their copies): the project venv's.
+export PATH := $(CURDIR)/$(VENV)/bin:$(CURDIR)/$(DVC_VENV)/bin:$(PATH)
 export TOKENIZERS_PARALLELISM := false
 # The project pins everything itself; ignore machine-wide pip config (caps, local indexes).
 export PIP_CONFIG_FILE := /dev/null
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
-APT_PACKAGES := dataset-fashion-mnist espeak-ng flite wordnet-base fortunes
+APT_PACKAGES := dataset-fashion-mnist espeak-ng flite wordnet-base fortunes chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup apt venv dvc-env dagster-home demo test ui repro benchmark-cpu clean help
@@ -19,7 +21,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 help:
 	@echo "make demo   - set up, then run the benchmark at its demo scale (Dagster job 'demo') on the embedded default data"
 	@echo "make test   - set up, then run the test suite"
-	@echo "make ui     - set up, then open the Dagster UI on http://127.0.0.1:3000"
+	@echo "make ui     - set up, then serve the Dagster UI on http://127.0.0.1:3000 with its daemon (runs launched there start)"
 	@echo "make repro  - set up, then reproduce everything with DVC (dvc repro)"
 	@echo "make benchmark-cpu - set up, then run the benchmark's cpu scale with DVC (3 seeds; ~90 min per seed on 2 cores)"
 	@echo "make setup  - apt packages + .venv (project) + .venv-dvc (DVC, kept apart: antlr4 conflict)"
@@ -28,12 +30,14 @@ help:
 
 setup: apt venv dvc-env dagster-home
 
-# A repo-local Dagster instance, so runs persist between commands and the UI shows them.
-dagster-home:
+# A repo-local Dagster instance, so runs persist between commands and the UI shows them; its dagster.yaml is
+# assets/dagster.yaml (concurrency pools), copied again when that file changes.
+dagster-home: $(DAGSTER_HOME)/dagster.yaml
+$(DAGSTER_HOME)/dagster.yaml: assets/dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
-	test -f $(DAGSTER_HOME)/dagster.yaml || printf 'telemetry:\n  enabled: false\n' > $(DAGSTER_HOME)/dagster.yaml
+	cp assets/dagster.yaml $@
 
-# Debian packages that carry the embedded default data and the speech synthesizers.
+# Debian packages that carry the embedded default data and the speech synthesizers; chromium for the UI's browser test.
 apt:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
@@ -55,14 +59,18 @@ dvc-env: .setup-dvc.stamp
 	$(DVC_VENV)/bin/pip install -q -r requirements-dvc.txt
 	touch $@
 
+# Through workspace.yaml's code location (the run shows under its job in the UI), executed here and waited for.
 demo: setup
-	$(VENV)/bin/dagster job execute -m assets -j demo
+	$(PY) -m assets.launch demo
 	@echo "report: reports/benchmark.md and reports/benchmark.html (models under models/, data under data/)"
 
 test: setup
 	PATH=$(CURDIR)/$(VENV)/bin:$(CURDIR)/$(DVC_VENV)/bin:$$PATH $(PY) -m pytest -q
 
+# The webserver and the daemon (the run queue: without it a run launched from the UI never starts); Ctrl-C stops both.
 ui: setup
+	$(VENV)/bin/dagster-daemon run -w workspace.yaml & daemon=$$!; \
+	trap 'kill $$daemon 2>/dev/null || true' EXIT INT TERM; \
 	$(VENV)/bin/dagster-webserver -h 127.0.0.1 -p 3000 -w workspace.yaml
 
 repro: setup

@@ -1,16 +1,17 @@
 """Data assets per modality: `<m>/raw` -> `<m>/shards` -> `<m>/tokenizer` (text, speech), with checks.
 
 Thin by design: each asset resolves its config, calls one pipeline stage in the step's process (the same
-function its DVC stage runs through the CLI) and reports metadata (assets/metadata.py). pipeline/ is imported
-inside the asset bodies so loading the code location stays fast and never imports torch.
+function its DVC stage runs through the CLI), reports metadata (assets/metadata.py) and records the stage in
+dvc.lock, whose output md5 is the data version. pipeline/ is imported inside the asset bodies so loading the
+code location stays fast and never imports torch.
 """
 
-import hashlib
-from pathlib import Path
-
 import dagster as dg
+from pydantic import Field
 
+from assets.dvc import Dvc
 from assets.metadata import shards_metadata, tokenizer_metadata
+from assets.stage import asset_args, begin, finish
 
 TOKENIZED = ("text", "speech")
 
@@ -18,12 +19,8 @@ TOKENIZED = ("text", "speech")
 class StageConfig(dg.Config):
     """Operational knobs only; hyper-parameters and sizes come from params.yaml."""
 
-    params_path: str = "params.yaml"
-    progress: bool = False
-
-
-def _file_version(path: Path) -> dg.DataVersion:
-    return dg.DataVersion(hashlib.sha256(path.read_bytes()).hexdigest()[:16])
+    params_path: str = Field(default="params.yaml", description="Hyper-parameters file; only params.yaml is recorded in dvc.lock.")
+    progress: bool = Field(default=False, description="Progress bars in the step's stderr.")
 
 
 def build_data_assets(modality: str) -> tuple[list[dg.AssetsDefinition], list[dg.AssetChecksDefinition]]:
@@ -31,30 +28,32 @@ def build_data_assets(modality: str) -> tuple[list[dg.AssetsDefinition], list[dg
 
     group = modality
 
-    @dg.asset(key=[modality, "raw"], group_name=group, kinds={"python"},
-              description=f"Embedded default {modality} data under data/raw/{modality}/ (DVC stage prepare@{modality}).",
-              metadata={"dvc_stage": f"prepare@{modality}", "path": str(paths.raw_dir(modality))})
-    def raw(context: dg.AssetExecutionContext, config: StageConfig) -> dg.MaterializeResult:
+    @dg.asset(**asset_args(f"prepare@{modality}", [modality, "raw"], modality, None, path=str(paths.raw_dir(modality))),
+              kinds={"python"},
+              description=f"Embedded default {modality} data under data/raw/{modality}/ (DVC stage prepare@{modality}).")
+    def raw(context: dg.AssetExecutionContext, config: StageConfig, dvc: Dvc) -> dg.MaterializeResult:
         from pipeline import config as P
         from pipeline.data.prepare import prepare
 
+        begin(context)
         summary = prepare(modality, P.load(config.params_path), progress=config.progress)
         context.log.info(f"prepared {modality}: {summary}")
-        return dg.MaterializeResult(metadata={"summary": dg.MetadataValue.json(summary)})
+        return finish(context, dvc, metadata={"summary": dg.MetadataValue.json(summary)}, params_path=config.params_path)
 
-    @dg.asset(key=[modality, "shards"], group_name=group, deps=[raw], kinds={"webdataset"},
-              description=f"WebDataset tar shards + index.json under data/shards/{modality}/ (DVC stage shard@{modality}).",
-              metadata={"dvc_stage": f"shard@{modality}", "path": str(paths.shards_dir(modality))})
-    def shards(context: dg.AssetExecutionContext, config: StageConfig) -> dg.MaterializeResult:
+    @dg.asset(**asset_args(f"shard@{modality}", [modality, "shards"], modality, None, path=str(paths.shards_dir(modality))),
+              deps=[raw], kinds={"webdataset"},
+              description=f"WebDataset tar shards + index.json under data/shards/{modality}/ (DVC stage shard@{modality}).")
+    def shards(context: dg.AssetExecutionContext, config: StageConfig, dvc: Dvc) -> dg.MaterializeResult:
         from pipeline import config as P
         from pipeline.data.shard import shard
 
+        begin(context)
         cfg = P.section(P.load(config.params_path), P.Shard, modality, "shard")
         index = shard(modality, None, None, cfg, progress=config.progress)
         out = paths.shards_dir(modality)
         metadata = shards_metadata(modality, index, out)
         context.log.info(f"{metadata['num_samples']} samples in {metadata['num_shards']} shards, {metadata['num_skipped']} skipped")
-        return dg.MaterializeResult(metadata=metadata, data_version=_file_version(out / "index.json"))
+        return finish(context, dvc, metadata=metadata, params_path=config.params_path)
 
     @dg.asset_check(asset=shards, blocking=True, description="Every shard listed in index.json exists, is non-empty, "
                     "holds the sample count index.json records and matches its sha256.")
@@ -77,17 +76,19 @@ def _tokenizer_asset(modality: str, shards: dg.AssetsDefinition):
 
     kind = "byte-level BPE" if modality == "text" else "character vocabulary (CTC)"
 
-    @dg.asset(key=[modality, "tokenizer"], group_name=modality, deps=[shards], kinds={"tokenizers"},
-              description=f"{kind} tokenizer trained on the train split: {paths.tokenizer_path(modality)} (DVC stage tokenizer@{modality}).",
-              metadata={"dvc_stage": f"tokenizer@{modality}", "path": str(paths.tokenizer_path(modality))})
-    def tokenizer(context: dg.AssetExecutionContext, config: StageConfig) -> dg.MaterializeResult:
+    @dg.asset(**asset_args(f"tokenizer@{modality}", [modality, "tokenizer"], modality, None,
+                           path=str(paths.tokenizer_path(modality))),
+              deps=[shards], kinds={"tokenizers"},
+              description=f"{kind} tokenizer trained on the train split: {paths.tokenizer_path(modality)} (DVC stage tokenizer@{modality}).")
+    def tokenizer(context: dg.AssetExecutionContext, config: StageConfig, dvc: Dvc) -> dg.MaterializeResult:
         from pipeline import config as P
         from pipeline.data.tokenizer import load, train_tokenizer
 
+        begin(context)
         summary = train_tokenizer(modality, P.load(config.params_path))
         tok = load(paths.tokenizer_path(modality))
-        return dg.MaterializeResult(metadata=tokenizer_metadata(summary, tok, _texts(modality, 3)),
-                                    data_version=_file_version(paths.tokenizer_path(modality)))
+        return finish(context, dvc, metadata=tokenizer_metadata(summary, tok, _texts(modality, 3)),
+                      params_path=config.params_path)
 
     @dg.asset_check(asset=tokenizer, blocking=True, description="decode(encode(x)) gives x back for validation samples.")
     def tokenizer_roundtrip() -> dg.AssetCheckResult:

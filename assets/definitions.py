@@ -1,7 +1,8 @@
 """The Dagster code location: one asset group per modality, the benchmark report, the asset checks, and the
-jobs CI and people run (`dagster job execute -m assets -j demo`)."""
+jobs CI and people run (`python -m assets.launch demo`, or from the UI)."""
 import dagster as dg
 
+from assets.dvc import Dvc
 from assets.graph import ASSETS, BY_MODALITY, CHECKS
 
 # Jobs select asset objects, not selection strings: those go through Dagster's ANTLR parser, which breaks when
@@ -22,8 +23,9 @@ defs = dg.Definitions(
     assets=ASSETS,
     asset_checks=CHECKS,
     jobs=JOBS,
-    resources={"pipes_subprocess_client": dg.PipesSubprocessClient(forward_termination=True)},
-    # One step at a time, for every job: a training step already uses all cores (torch threads, or torchrun
-    # --nproc); two side by side oversubscribe the CPU (speech fine-tuning measured 17x slower) and skew timings.
+    resources={"pipes_subprocess_client": dg.PipesSubprocessClient(forward_termination=True), "dvc": Dvc()},
+    # One step at a time within a run, for every job: a training step already uses all cores (torch threads, or
+    # torchrun --nproc); two side by side oversubscribe the CPU (speech fine-tuning measured 17x slower) and skew
+    # timings. Across runs, the `training` pool (assets/stage.py) does the same for the training and probe steps.
     executor=dg.multiprocess_executor.configured({"max_concurrent": 1}),
 )

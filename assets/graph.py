@@ -4,13 +4,13 @@ raw_input, and the fine-tuning protocol per method and from scratch -> throughpu
 them. It is the stage graph of dvc.yaml (tests/assets/test_orchestration.py compares the two)."""
 import dagster as dg
 
-from assets.benchmark import build_probe_asset, build_report_asset, build_throughput_asset
+from assets.benchmark import build_floor_check, build_probe_asset, build_report_asset, build_throughput_asset
 from assets.data import build_data_assets
 from assets.training import build_pretrain_asset, build_sweep_asset
 from pipeline.benchmark.probe import FLOORS
 from pipeline.config import MODALITIES, benchmark
 
-REPORT_INPUTS = ("probed", "finetuned", "throughput")
+REPORT_INPUTS = ("_probed", "_finetuned", "throughput")
 
 
 def modality_assets(modality: str) -> tuple[list[dg.AssetsDefinition], list[dg.AssetChecksDefinition]]:
@@ -22,15 +22,16 @@ def modality_assets(modality: str) -> tuple[list[dg.AssetsDefinition], list[dg.A
     pretrain_inputs = [by_name["shards"], *(tokenizer if modality == "text" else [])]  # speech pretrains on audio alone
     run = benchmark()[modality]  # params.yaml benchmark.<modality>, which dvc.yaml's stage families run over
     pretrained = {m: build_pretrain_asset(modality, m, pretrain_inputs) for m in run.methods}
-    probed = [build_probe_asset(modality, m, [*task_inputs, p]) for m, p in pretrained.items()]
-    probed += [build_probe_asset(modality, floor, task_inputs) for floor in FLOORS]
+    probed = {m: build_probe_asset(modality, m, [*task_inputs, p]) for m, p in pretrained.items()}
+    floors = {floor: build_probe_asset(modality, floor, task_inputs) for floor in FLOORS}
+    checks += [build_floor_check(modality, m, a, floors["random_init"]) for m, a in probed.items()]
     finetuned = [build_sweep_asset(modality, m, [*task_inputs, p]) for m, p in pretrained.items()]
     finetuned.append(build_sweep_asset(modality, "scratch", task_inputs))
     throughput = build_throughput_asset(modality, pretrain_inputs)
-    return [*data, *pretrained.values(), *probed, *finetuned, throughput], checks
+    return [*data, *pretrained.values(), *probed.values(), *floors.values(), *finetuned, throughput], checks
 
 
 BY_MODALITY = {m: modality_assets(m) for m in MODALITIES}
-REPORT = build_report_asset([a for assets, _ in BY_MODALITY.values() for a in assets if a.key.path[-1] in REPORT_INPUTS])
+REPORT = build_report_asset([a for assets, _ in BY_MODALITY.values() for a in assets if a.key.path[-1].endswith(REPORT_INPUTS)])
 ASSETS = [a for assets, _ in BY_MODALITY.values() for a in assets] + [REPORT]
 CHECKS = [c for _, checks in BY_MODALITY.values() for c in checks]

@@ -15,6 +15,10 @@ from typing import Any
 import dagster as dg
 
 SAMPLE_ROWS = 10  # transcriptions shown per speech run
+SIGNIFICANT = 4  # digits of a float shown in the UI (the files keep full precision)
+# The UI draws markdown metadata in place only when it is under 1000 characters; longer values (the PNG plots)
+# sit behind "[Show Markdown]". A line drawn as an SVG path stays under that, so it shows on the asset's page.
+INLINE_MARKDOWN = 1000
 
 
 def png_markdown(png: bytes, alt: str = "preview") -> dg.MetadataValue:
@@ -25,6 +29,46 @@ def png_markdown(png: bytes, alt: str = "preview") -> dg.MetadataValue:
 def png_file(path: Path, alt: str) -> dict[str, dg.MetadataValue]:
     """{alt: the image} when the file exists, else nothing (e.g. a run that stopped before its first record)."""
     return {alt.replace(" ", "_"): png_markdown(path.read_bytes(), alt)} if path.exists() else {}
+
+
+def rounded(metadata: dict[str, Any]) -> dict[str, Any]:
+    """`metadata` with every float (plain or float metadata) to SIGNIFICANT significant digits."""
+    def short(value: Any) -> Any:
+        raw = value.value if isinstance(value, dg.FloatMetadataValue) else value
+        return float(f"{raw:.{SIGNIFICANT}g}") if isinstance(raw, float) else value
+
+    return {k: short(v) for k, v in metadata.items()}
+
+
+def svg_line(values: list[float], alt: str, width: int = 240, height: int = 60) -> dg.MetadataValue | None:
+    """`values` as a small line chart embedded as an SVG data URL, short enough for the UI to draw it in place
+    (None: fewer than two points). Points are thinned to fit the length limit; the extremes label the axis."""
+    from urllib.parse import quote
+
+    points = [v for v in values if v == v]  # NaN dropped
+    if len(points) < 2:
+        return None
+    step = max(1, len(points) // 60)
+    points = points[::step] + ([points[-1]] if (len(points) - 1) % step else [])
+    low, high = min(points), max(points)
+    span = (high - low) or 1.0
+    path = "".join(f"{'M' if i == 0 else 'L'}{round(i * (width - 2) / (len(points) - 1)) + 1},"
+                   f"{round((high - v) * (height - 4) / span) + 2}" for i, v in enumerate(points))
+    svg = (f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}'><path d='{path}' "
+           f"fill='none' stroke='#4f43dd' stroke-width='1.5'/></svg>")
+    url = "data:image/svg+xml," + quote(svg, safe="/:=',")
+    markdown = f"![{alt}]({url}) {high:.{SIGNIFICANT}g} → {points[-1]:.{SIGNIFICANT}g}"
+    return dg.MetadataValue.md(markdown) if len(markdown) < INLINE_MARKDOWN else None
+
+
+def loss_line(out: Path) -> dict[str, dg.MetadataValue]:
+    """{"loss": the loss of every logged update of the run in `out` as an in-place line} (metrics.jsonl)."""
+    log = out / "metrics.jsonl"
+    if not log.exists():
+        return {}
+    losses = [json.loads(line).get("loss") for line in log.read_text().splitlines() if line.strip()]
+    line = svg_line([float(v) for v in losses if isinstance(v, (int, float))], "loss by update")
+    return {"loss": line} if line else {}
 
 
 def table(rows: list[dict[str, Any]]) -> dg.MetadataValue:
@@ -86,7 +130,7 @@ def pretrain_metadata(out: Path) -> dict[str, Any]:
     """The loss curve and the effective batch of a pretraining run in `out` (each when the run wrote it)."""
     summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
     batch = {"effective_batch": dg.MetadataValue.json(summary["effective_batch"])} if "effective_batch" in summary else {}
-    return {**batch, **png_file(out / "loss_curve.png", "loss curve")}
+    return {**batch, **loss_line(out), **png_file(out / "loss_curve.png", "loss curve")}
 
 
 def pretrain_runs_metadata(out: Path) -> dict[str, Any]:
@@ -116,7 +160,7 @@ def probe_metadata(path: Path) -> dict[str, Any]:
         row[r["metric"]] = f"{r['value']:.4f}"
     last = records[-1].get("source") if records else None
     return {"records": len(records), "probes": table(list(rows.values())), "path": dg.MetadataValue.path(str(path)),
-            **{f"{r['protocol']}_{r['metric']}": r["value"] for r in records if r.get("source") == last}}
+            **rounded({f"{r['protocol']}_{r['metric']}": r["value"] for r in records if r.get("source") == last})}
 
 
 def finetune_metadata(out: Path) -> dict[str, Any]:
@@ -130,6 +174,7 @@ def finetune_metadata(out: Path) -> dict[str, Any]:
         "labeled_samples": summary["labeled_samples"], "stop_reason": summary["stop_reason"],
         "metrics": dg.MetadataValue.json({k: v for k, v in result["metrics"].items() if k != "confusion_matrix"}),
         **png_file(out / "confusion_matrix.png", "confusion matrix"),
+        **loss_line(out),
         **png_file(out / "loss_curve.png", "loss curve"),
     }
     if (out / "samples.json").exists():

@@ -79,6 +79,8 @@ def run(cmd: list[str], cwd: Path, timeout: int = 600, env: dict | None = None) 
     fails."""
     full_env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})}
     full_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(cwd), full_env.get("PYTHONPATH")) if p)
+    # dvc.yaml's stage commands call `python` (portable to `dvc exp run --temp`): the project venv's, as `make` sets it
+    full_env["PATH"] = os.pathsep.join(p for p in (str(VENV_BIN), full_env.get("PATH")) if p)
     result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
     if result.returncode != 0:
         raise AssertionError(f"{' '.join(map(str, cmd))} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")

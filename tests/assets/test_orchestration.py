@@ -1,7 +1,10 @@
-"""Dagster and DVC drive the same stages: definitions load, a job runs via `dagster job execute`, `dvc repro`
-runs end to end, is a no-op the second time and reproduces every score from clean model outputs, and the two DAGs
-are the same graph."""
+"""Dagster and DVC drive the same stages and keep one record: definitions load, the two DAGs are the same graph
+(also as assets/dvc.py reads dvc.yaml), code versions follow the inputs DVC tracks; a job launched through the
+code location runs everything and leaves `dvc status` clean with the report's hashes those of dvc.lock; `dvc repro`
+runs end to end, is a no-op the second time, pushes to the default remote and pulls into a fresh clone that
+regenerates the same report, runs `dvc exp run --temp`, and reproduces every score from clean model outputs."""
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -27,15 +30,42 @@ def test_definitions_load_with_expected_assets_and_jobs():
     expected = {f"{m}/{a}" for m in ("image", "speech", "text") for a in ("raw", "shards", "throughput")}
     expected |= {"text/tokenizer", "speech/tokenizer", "benchmark_report"}
     for modality, methods in PRETRAIN_METHODS.items():
-        expected |= {f"{modality}/{method}/pretrained" for method in methods}
-        expected |= {f"{modality}/{method}/probed" for method in (*methods, *FLOORS)}
-        expected |= {f"{modality}/{method}/finetuned" for method in (*methods, "scratch")}
+        expected |= {f"{modality}/{method}_pretrained" for method in methods}
+        expected |= {f"{modality}/{method}_probed" for method in (*methods, *FLOORS)}
+        expected |= {f"{modality}/{method}_finetuned" for method in (*methods, "scratch")}
     assert keys == expected
     for job in ("demo", "image_pipeline", "speech_pipeline", "text_pipeline"):
         assert defs.resolve_job_def(job) is not None
     graph = defs.resolve_asset_graph()
     report_inputs = {"/".join(k.path) for k in graph.get(dg.AssetKey("benchmark_report")).parent_keys}
-    assert report_inputs == {k for k in expected if k.endswith(("/probed", "/finetuned", "/throughput"))}
+    assert report_inputs == {k for k in expected if k.endswith(("_probed", "_finetuned", "/throughput"))}
+    for key in graph.get_all_asset_keys():  # what the UI shows and what limits concurrency
+        spec, name = graph.get(key), "/".join(key.path)
+        assert spec.owners and spec.code_version and spec.tags["stage"], name
+        trains = name.endswith(("_pretrained", "_probed", "_finetuned", "/throughput"))
+        assert spec.pools == ({"training"} if trains else set()), name
+    in_group = {}
+    for key in graph.get_all_asset_keys():  # the lineage shows a key's last part: distinct within each group
+        in_group.setdefault(graph.get(key).group_name, []).append(key.path[-1])
+    assert all(len(names) == len(set(names)) for names in in_group.values()), in_group
+    ops = defs.resolve_job_def("demo").run_config_schema.config_type.fields["ops"].config_type.fields
+    knobs = {(op, name): field.description for op, entry in ops.items() if "config" in entry.config_type.fields
+             for name, field in getattr(entry.config_type.fields["config"].config_type, "fields", {}).items()}
+    assert {"nproc", "device", "workers", "params_path"} <= {name for _, name in knobs}
+    assert all(knobs.values()), [k for k, d in knobs.items() if not d]  # the launchpad says what each knob does
+    checks = {(("/".join(k.asset_key.path)), k.name) for c in defs.asset_checks for k in c.check_keys}
+    assert {(f"{m}/{x}_probed", "beats_random_init") for m, xs in PRETRAIN_METHODS.items() for x in xs} <= checks
+
+
+def test_the_instance_config_runs_one_training_step_at_a_time(tmp_path):
+    from dagster import DagsterInstance
+
+    shutil.copy(REPO / "assets" / "dagster.yaml", tmp_path / "dagster.yaml")
+    with DagsterInstance.from_config(str(tmp_path)) as instance:
+        assert instance.event_log_storage.supports_global_concurrency_limits
+        assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
+        instance.event_log_storage.initialize_concurrency_limit_to_default("training")
+        assert instance.event_log_storage.get_concurrency_info("training").slot_count == 1
 
 
 def test_loading_the_code_location_does_not_import_torch():
@@ -54,8 +84,14 @@ def _dvc_graph() -> tuple[set[str], set[tuple[str, str]]]:
 
 def test_dagster_asset_graph_equals_dvc_stage_graph():
     from assets import defs
+    from assets.dvc import stages as read_stages
 
     stages, dvc_edges = _dvc_graph()
+    read = read_stages()  # as assets/dvc.py reads dvc.yaml for the code versions: the same stages, the same edges
+    produced_by = {o: name for name, s in read.items() for o in s["outs"]}
+    read_edges = {(produced_by[o], name) for name, s in read.items() for d in s["deps"] for o in produced_by
+                  if d == o or d.startswith(o + "/")}
+    assert set(read) == stages and read_edges == dvc_edges
     graph = defs.resolve_asset_graph()
     stage_of = {}
     for key in graph.get_all_asset_keys():

@@ -1,0 +1,68 @@
+"""Run a job of the workspace's code location from the command line, and wait for it:
+
+    python -m assets.launch demo [-c run_config.yaml ...] [--tags '{"k": "v"}']
+
+`dagster job execute -m assets` runs a job outside any code location: the UI then lists its run under no job and
+warns on re-execution. `dagster job launch -w workspace.yaml` creates the run through the code location but only
+submits it: it waits in the run queue for the daemon, and the command returns at once. This does both halves: it
+creates the run as `dagster job launch` does (workspace.yaml's code location, so the run shows under its job and
+re-executes from the UI) and executes it in this process, as the daemon's run worker would, printing the event
+log and exiting 1 on failure. DAGSTER_HOME must be set (the Makefile sets it to .dagster_home/). Concurrency
+pools apply: a training step waits while another run holds the `training` slot.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import yaml
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m assets.launch", description=__doc__.split("\n\n")[0])
+    parser.add_argument("job", help="demo, image_pipeline, speech_pipeline or text_pipeline")
+    parser.add_argument("-c", "--config", action="append", default=[], help="run config YAML (repeatable; later files win)")
+    parser.add_argument("--tags", default="{}", help="run tags as a JSON object")
+    parser.add_argument("-w", "--workspace", default="workspace.yaml")
+    args = parser.parse_args(argv)
+
+    from dagster import DagsterInstance
+    from dagster._cli.job import _create_run
+    from dagster._utils.hosted_user_process import recon_job_from_origin
+    from dagster._core.execution.api import execute_run
+    from dagster._core.workspace.context import WorkspaceProcessContext
+    from dagster._core.workspace.load_target import WorkspaceFileTarget
+
+    run_config: dict = {}
+    for path in args.config:
+        run_config = _deep_merge(run_config, yaml.safe_load(open(path, encoding="utf-8")) or {})
+    with DagsterInstance.get() as instance:
+        with WorkspaceProcessContext(instance, WorkspaceFileTarget(paths=[args.workspace])) as workspace:
+            request = workspace.create_request_context()
+            (location,) = [entry.code_location for entry in request.get_code_location_entries().values()
+                           if entry.code_location is not None] or [None]
+            if location is None:
+                errors = [e.load_error for e in request.get_code_location_entries().values() if e.load_error]
+                print(f"{args.workspace}: the code location failed to load: {errors}", file=sys.stderr)
+                return 2
+            (repo,) = location.get_repositories().values()
+            if not repo.has_job(args.job):
+                print(f"no job {args.job!r}; jobs: {', '.join(sorted(j.name for j in repo.get_all_jobs()))}", file=sys.stderr)
+                return 2
+            run = _create_run(instance=instance, code_location=location, remote_repo=repo, remote_job=repo.get_full_job(args.job),
+                              run_config=run_config, tags=json.loads(args.tags), op_selection=None, run_id=None)
+        print(f"run {run.run_id} of job {args.job} in code location {location.name}")
+        result = execute_run(recon_job_from_origin(run.job_code_origin), run, instance)
+        return 0 if result.success else 1
+
+
+def _deep_merge(base: dict, extra: dict) -> dict:
+    merged = dict(base)
+    for key, value in extra.items():
+        merged[key] = _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+if __name__ == "__main__":
+    sys.exit(main())
