@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_stages(stages)
     _training_stages(stages)
     _benchmark_stages(stages)
+    _weights_stages(stages)
     return parser
 
 
@@ -163,6 +164,26 @@ def _benchmark_stages(stages) -> None:
     p.add_argument("--out", default="reports", help="report folder (default: %(default)s)")
 
 
+def _weights_stages(stages) -> None:
+    """import-fairseq and export: released fairseq weights in, safetensors out."""
+    from pipeline.weights.stage import add_export_arguments, add_import_arguments
+
+    p = stages.add_parser("import-fairseq", help="import a released fairseq data2vec 2.0 checkpoint as a pretraining checkpoint",
+                          description="Read a fairseq data2vec 2.0 pretraining checkpoint (cfg.model._name data2vec_multi) "
+                          "without running code from it (fairseq's own classes become inert placeholders, named in the "
+                          "report), map its config and every tensor of the student and the EMA teacher (_ema), and write "
+                          "<out>/imported.pt, which finetune, evaluate, sweep and export accept like a pretraining "
+                          "checkpoint, and <out>/import.json (what was mapped, checked and neutralised). A setting this "
+                          "code cannot represent, or a tensor without a partner, is an error naming them.")
+    add_import_arguments(p)
+
+    p = stages.add_parser("export", help="export an encoder (student or EMA teacher) as model.safetensors + config.json",
+                          description="Write the encoder of a pretraining checkpoint (the student, or with --teacher the EMA "
+                          "teacher) as <out>/model.safetensors and <out>/config.json (our config, version-stamped); "
+                          "load it with `from pipeline.weights import load_encoder; load_encoder(out)`.")
+    add_export_arguments(p)
+
+
 def run(args: argparse.Namespace, argv: list[str]) -> dict | str | None:
     if args.stage == "pretrain":
         from pipeline.pretrain.stage import train
@@ -202,6 +223,14 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict | str | None:
         from pipeline.finetune.evaluate import evaluate_checkpoint
 
         return evaluate_checkpoint(args)
+    if args.stage == "import-fairseq":
+        from pipeline.weights.stage import run_import
+
+        return run_import(args)
+    if args.stage == "export":
+        from pipeline.weights.stage import run_export
+
+        return run_export(args)
     if args.stage == "summary":
         from model.summary import summarize
 
