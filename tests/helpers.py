@@ -85,3 +85,17 @@ def run(cmd: list[str], cwd: Path, timeout: int = 600, env: dict | None = None) 
     if result.returncode != 0:
         raise AssertionError(f"{' '.join(map(str, cmd))} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return result
+
+
+def tiny_image_shards(root: Path, params: dict, shards: Path | None = None) -> Path:
+    """`params` written to root/params.yaml (their image.prepare/shard sections: the tiny Fashion-MNIST split sizes)
+    and those images prepared and sharded into `shards` (default root/data/shards/image, where the stages look)."""
+    from pipeline.config import Shard
+    from pipeline.data.prepare import prepare
+    from pipeline.data.shard import shard
+
+    shards = shards or root / "data" / "shards" / "image"
+    write_params(root / "params.yaml", params)
+    prepare("image", params, root / "data" / "raw" / "image", progress=False)
+    shard("image", root / "data" / "raw" / "image", shards, Shard(**params["image"]["shard"]), progress=False)
+    return shards

@@ -15,7 +15,7 @@ import threading
 import pytest
 import torch
 
-from helpers import run, write_params
+from helpers import run, tiny_image_shards
 from pipeline.data import shard_cache
 from pipeline.data.shard_cache import ShardCache, fetch_split, local_folder
 from pipeline.errors import UserInputError
@@ -39,17 +39,11 @@ class CountingHandler(http.server.SimpleHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """params.yaml and tiny Fashion-MNIST shards (16 training images in two shards), served over HTTP as /shards/."""
-    from pipeline.config import Shard
-    from pipeline.data.prepare import prepare
-    from pipeline.data.shard import shard
-
     root = tmp_path_factory.mktemp("remote")
     params = {"seed": 0, "image": {"prepare": {"train_limit": 16, "test_limit": 8}, "shard": {"max_samples_per_shard": 8}},
               "pretrain": {"image": {"preset": "tiny", "batch_size": 4, "max_updates": 2, "warmup_updates": 1,
                                      "checkpoint_every": 2, "log_every": 1}}}
-    write_params(root / "params.yaml", params)
-    prepare("image", params, root / "raw", progress=False)
-    shard("image", root / "raw", root / "www" / "shards", Shard(max_samples_per_shard=8), progress=False)
+    tiny_image_shards(root, params, root / "www" / "shards")
     return root
 
 
