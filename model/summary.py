@@ -2,8 +2,8 @@
 
 The model is built on the `meta` device (no memory, no weights), so base and large presets summarize in about a
 second. FLOPs are counted with torch.utils.flop_counter.FlopCounterMode over one real training step on meta
-tensors (forward, backward and the teacher's forward, batch of one sample and its M clones): matmuls,
-convolutions and attention only; normalizations and elementwise ops are not counted.
+tensors (forward, backward and the teacher's forward, batch of one sample and its M clones), with the corrections
+of model/flops.py: matmuls, convolutions and attention only; normalizations and elementwise ops are not counted.
 
 The baselines (mae, wav2vec2, mlm) report the same encoder count, their head (MAE decoder, wav2vec 2.0
 quantizer and projections, LM head) and the FLOPs of one training step (forward and backward, one sample).
@@ -11,8 +11,8 @@ quantizer and projections, LM head) and the FLOPs of one training step (forward 
 from __future__ import annotations
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
+from model import flops
 from model.build import build_model
 from model.config import BASELINE_MODALITY, Data2Vec2Config
 from model.presets import get_config
@@ -37,7 +37,8 @@ def _token_unit(cfg: Data2Vec2Config) -> str:
 def _render(rows: list[tuple[str, str]]) -> str:
     width = max(len(name) for name, _ in rows)
     lines = [f"{name:<{width}}  {value}" for name, value in rows]
-    lines.append("FLOPs: torch.utils.flop_counter.FlopCounterMode on the meta device (matmul, conv, attention only)")
+    lines.append("FLOPs: torch.utils.flop_counter.FlopCounterMode on the meta device (matmul, conv, attention only; "
+                 "grouped-conv weight gradients and CPU attention corrected as in model/flops.py)")
     return "\n".join(lines)
 
 
@@ -59,13 +60,13 @@ def _example_batch(model: Data2Vec2) -> dict[str, torch.Tensor]:
 def training_step_flops(model: Data2Vec2) -> tuple[int, int]:
     """(FLOPs of one training step, of which the teacher's forward) for one sample, on a meta model."""
     batch = _example_batch(model)
-    with FlopCounterMode(display=False) as total:
+    with flops.counter() as total:
         loss, _ = model(batch)
         loss.backward()
     source = batch[INPUT_KEYS[model.cfg.modality]]
     with torch.no_grad():
         local, padding_mask = model.local_features(source)
-    with FlopCounterMode(display=False) as teacher:
+    with flops.counter() as teacher:
         model.make_targets(source, local, padding_mask)
     return total.get_total_flops(), teacher.get_total_flops()
 
@@ -137,7 +138,7 @@ def summarize_baseline(cfg: Data2Vec2Config) -> str:
         encoder_input = f"all {tokens} tokens; {masked} selected (80% <mask>, 10% random, 10% unchanged)"
         task = "cross-entropy on the selected tokens"
     batch = _example_batch(model)
-    with FlopCounterMode(display=False) as counter:
+    with flops.counter() as counter:
         loss, _ = model(batch)
         loss.backward()
     rows = [

@@ -5,9 +5,9 @@ model FLOPs utilization (MFU) against this machine's measured matmul peak; appen
   step   `Trainer.train_step` (pipeline/train/trainer.py), the step pretraining runs: forward and backward under
          autocast in DDP (a world of one), NaN guard, clipping, optimizer, grad scaler and schedule steps, the EMA
          update; the first batch of a run (update 0), averaged after warm-up steps
-  FLOPs  `Trainer.step_flops` on that same batch (FlopCounterMode: matmul, conv, attention), as the benchmark's
-         pretraining runs count theirs
-  MFU    FLOPs per step / step time / peak
+  FLOPs  `Trainer.count_flops` on that same batch (model/flops.py): the corrected FlopCounterMode count
+         (as the benchmark's pretraining runs count theirs), and the analytic per-component count beside it
+  MFU    FLOPs per step x steps/s / peak
   loader the full input pipeline (read shards, decode, augment/crop/pack, masks) through a DataLoader
 """
 from __future__ import annotations
@@ -94,7 +94,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         trainer = Pretrainer(cfg, model_cfg, d, None, shard_dir, tokenizer, RunOptions(workers=args.workers, progress=False))
         loader_rate = _loader_rate(trainer, args.loader_batches, args.workers)
         batch = trainer.first_update()
-        flops_per_step = trainer.step_flops(batch)
+        flops = trainer.count_flops(batch)
+        flops_per_step = flops["counted"]
         for _ in range(args.warmup):
             trainer.train_step(batch)
         _sync(d.device)
@@ -114,6 +115,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "clone_batch": model_cfg.mask.clone_batch, "tokens_per_sample": tokens_per_sample,
         "device": device_name(d.device), "precision": str(dtype or torch.float32).replace("torch.", ""),
         "step_seconds": step_seconds, "train_samples_per_s": samples_per_s, "train_tokens_per_s": samples_per_s * tokens_per_sample,
+        "flops_per_step": flops_per_step, "analytic_flops_per_step": flops["analytic"], "flops_by_component": flops["components"],
         "flops_per_sample": flops_per_step / cfg.batch_size, "achieved_flops_per_s": flops_per_step / step_seconds,
         "matmul_peak_flops_per_s": peak, "mfu": flops_per_step / step_seconds / peak,
         "loader_samples_per_s": loader_rate, "loader_workers": args.workers,

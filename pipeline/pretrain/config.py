@@ -65,6 +65,9 @@ class PretrainConfig:
     weight_decay: float
     clip_norm: float  # 0 = no clipping
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp16 (GPU, with a grad scaler) | fp32
+    # torch.compile the model (its forward has no host syncs or per-update Python numbers: one graph, no
+    # recompiles); compiling takes tens of seconds on a CPU (what it gives: docs/performance.md)
+    compile: bool = False
     # checkpoints and guards
     checkpoint_every: int = 50  # updates between last.pt saves
     checkpoint_fractions: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)  # of the budget (seconds if set, else updates)

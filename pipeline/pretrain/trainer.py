@@ -25,7 +25,8 @@ from pipeline.train.optim import lr_factor
 from pipeline.train.trainer import Trainer, config_digest
 
 # Settings a run may change and still resume (train longer, checkpoint or log more often).
-RESUMABLE_CHANGES = ("max_updates", "budget_seconds", "checkpoint_every", "checkpoint_fractions", "log_every", "guard_after_updates")
+RESUMABLE_CHANGES = ("max_updates", "budget_seconds", "checkpoint_every", "checkpoint_fractions", "log_every", "guard_after_updates",
+                     "compile")
 
 
 def budget_spent(cfg, updates: int, train_seconds: float) -> bool:

@@ -65,7 +65,8 @@ class Trainer:
     """Trains `build_model()` on `build_data()` as `cfg` says, in process group `dist`, writing to `out`.
 
     `cfg` (a recipe config) gives seed, batch_size, grad_accum, micro_batch(world_size), max_updates, lr, min_lr,
-    warmup_updates, betas, eps, weight_decay, clip_norm (0 = none), precision, log_every and checkpoint_every.
+    warmup_updates, betas, eps, weight_decay, clip_norm (0 = none), precision, log_every and checkpoint_every, and
+    may give compile (torch.compile the model in place).
     `out` may be None for a trainer that only steps (the throughput stage); `fit` writes there.
     Subclasses set `desc` (progress bar), `title` (loss curve) and may set `what` (the resume message) and
     `outputs` (files of a run besides *.pt and tb/, removed when a run starts over).
@@ -84,6 +85,9 @@ class Trainer:
         # identical initial weights on every rank (DDP broadcasts rank 0's, but an EMA teacher is outside DDP)
         torch.manual_seed(cfg.seed)
         self.model = self.build_model().to(self.device)
+        if getattr(cfg, "compile", False):
+            # in place (nn.Module.compile): parameter names, state_dict and the EMA teacher stay as they are
+            self.model.compile()
         self.dataset = self.build_data()
         self.dtype = autocast_dtype(cfg.precision, self.device)
         self.optimizer = torch.optim.AdamW(self.param_groups(), lr=self.lr, betas=cfg.betas, eps=cfg.eps)
@@ -330,20 +334,29 @@ class Trainer:
         return [{k: v.to(self.device) for k, v in mb.items()} for mb in micro_batches]
 
     def step_flops(self, micro_batches: list[dict[str, torch.Tensor]]) -> int:
-        """FLOPs of one `train_step` on this rank's `micro_batches`, summed over ranks: what
-        torch.utils.flop_counter.FlopCounterMode counts (matmuls, convolutions, attention) in the forward and
-        backward passes of everything the step runs (student, EMA teacher, decoder). A pure function of the model
-        config and the batch shapes (speech: also of the utterance lengths, which set the masks).
+        """FLOPs of one `train_step` on this rank's `micro_batches`, summed over ranks: the `counted` figure of
+        `count_flops`, which covers every method's ops."""
+        return self.count_flops(micro_batches)["counted"]
+
+    def count_flops(self, micro_batches: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
+        """FLOPs of one `train_step` on this rank's `micro_batches`, summed over ranks, two ways
+        (model/flops.py): {"counted": corrected FlopCounterMode total, "analytic": per-module formula
+        total, "components": {component: analytic FLOPs}}. Forward and backward of everything the step runs
+        (student, EMA teacher, decoder). A pure function of the model config and the batch shapes (speech: also
+        of the utterance lengths, which set the masks).
 
         The step is taken: weights, optimizer, schedule and RNG move on. Count on a trainer that is timed
         afterwards (the throughput stage) or thrown away (the benchmark's runs)."""
-        from torch.utils.flop_counter import FlopCounterMode
+        from model import flops
 
-        with FlopCounterMode(display=False) as counter:
+        with flops.counter() as counter, flops.analytic(self.model) as analytic:
             self.train_step(micro_batches)
-        total = torch.tensor([counter.get_total_flops()], dtype=torch.int64, device=self.device)
-        torch.distributed.all_reduce(total)
-        return int(total.item())
+        names = list(analytic.components)
+        totals = torch.tensor([counter.get_total_flops(), analytic.total, *analytic.components.values()],
+                              dtype=torch.int64, device=self.device)
+        torch.distributed.all_reduce(totals)
+        counted, total, *parts = totals.tolist()
+        return {"counted": counted, "analytic": total, "components": dict(zip(names, parts))}
 
     def save(self, name: str) -> None:
         """out/`name` (rank 0, atomically): the model (`model_state`), optimizer, scheduler, grad scaler, every

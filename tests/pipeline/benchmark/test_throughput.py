@@ -54,4 +54,8 @@ def test_the_timed_step_is_the_trainers(image_shards, monkeypatch):
     assert {"loss", "lr", "grad_norm", "ema_decay"} <= set(calls[-1][2])  # the EMA teacher stepped too
     assert record["step_seconds"] >= 0.02 and record["batch_size"] == 4 and record["method"] == "data2vec2"
     assert record["mfu"] == pytest.approx(record["flops_per_sample"] * 4 / record["step_seconds"] / record["matmul_peak_flops_per_s"])
+    # MFU is the analytic FLOPs x steps/s / peak, to 1%
+    analytic_mfu = record["analytic_flops_per_step"] / record["step_seconds"] / record["matmul_peak_flops_per_s"]
+    assert record["mfu"] == pytest.approx(analytic_mfu, rel=0.01)
+    assert sum(record["flops_by_component"].values()) == record["analytic_flops_per_step"]
     assert not torch.distributed.is_initialized()  # the world of one is gone again

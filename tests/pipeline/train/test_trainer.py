@@ -201,3 +201,18 @@ def test_step_flops_count_the_first_update_of_the_run(world):
 def test_torchrun_workers_get_the_command_without_nproc():
     argv = ["pretrain", "--modality", "image", "--nproc", "2", "--nproc=3", "--out", "x"]
     assert _without_nproc(argv) == ["pretrain", "--modality", "image", "--out", "x"]
+
+
+def test_compile_option_compiles_the_model_in_place(world):
+    from pipeline.pretrain.config import build
+
+    assert build("image", "data2vec2", {"pretrain": {"image": {"compile": True}}}).compile is True
+    assert build("image", "data2vec2", {}).compile is False
+
+    @dataclasses.dataclass
+    class CompiledConfig(ToyConfig):
+        compile: bool = True
+
+    plain, compiled = ToyTrainer(ToyConfig(), None, world, None), ToyTrainer(CompiledConfig(), None, world, None)
+    assert compiled.model._compiled_call_impl is not None and plain.model._compiled_call_impl is None
+    assert list(compiled.model.state_dict()) == list(plain.model.state_dict())  # the same names in checkpoints
