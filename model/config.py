@@ -64,6 +64,10 @@ class SpeechEncoderConfig:
     prenet_dropout: float = 0.1  # the context encoder's dropout after its LayerNorm
     alibi_scale: float = 1.0  # initial value of the learned per-head ALiBi scale
     max_sample_size: int = 320_000  # crop length in samples (20 s); used for summaries and default masks
+    # Zero padded frames before the positional conv (wav2vec 2.0 `x[padding_mask] = 0`), so the padding cannot
+    # reach real frames through it. fairseq's data2vec 2.0 audio encoder does not: imported fairseq weights set
+    # False to reproduce its features on padded batches (pipeline/weights/fairseq.py).
+    zero_padding_before_pos_conv: bool = True
 
     def num_frames(self, num_samples: int) -> int:
         """Output length of the conv feature extractor for `num_samples` input samples."""

@@ -86,8 +86,10 @@ class Data2Vec2(Encoder):
         # audio projection Linear layers go back to PyTorch defaults, as in fairseq. The order of these draws
         # from the global RNG fixes the initial weights of a seed: keep it.
         bert_init(self)
+        # fairseq's TextEncoder.reset_parameters leaves its decoder alone: the text decoder keeps BERT init
+        keep_bert_init = self.cfg.modality == "text" and self.cfg.remove_masked
         for m in self.decoder.modules():
-            if isinstance(m, nn.Linear):
+            if isinstance(m, nn.Linear) and not keep_bert_init:
                 m.reset_parameters()
         if self.cfg.modality == "speech":
             self.local_encoder.proj.reset_parameters()
@@ -129,7 +131,13 @@ class Data2Vec2(Encoder):
         cfg, teacher = self.cfg, self.teacher
         if "local_encoder" in teacher:  # images: the teacher re-embeds the raw input with its own EMA weights
             x, _ = teacher["local_encoder"](source)
-        else:  # speech and text: the student's local features (text: including its embedding dropout)
+        elif cfg.modality == "text" and not cfg.remove_masked:
+            # data2vec 1.0 text (fairseq data2vec_text.py): the teacher embeds the unmasked tokens itself, in eval
+            # mode, with the shared embeddings: no embedding dropout in its input
+            was_training = self.local_encoder.training
+            x, _ = self.local_encoder.eval()(source)
+            self.local_encoder.train(was_training)
+        else:  # speech and data2vec 2.0 text: the student's local features (text: including its embedding dropout)
             x = local.detach()
         context = teacher["context_encoder"] if "context_encoder" in teacher else self.context_encoder
         x, _, attn_mask = context(x, None, padding_mask)
