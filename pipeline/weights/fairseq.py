@@ -364,7 +364,7 @@ def _take_positions(state: dict[str, Any], modality: str, model, path: Path, wha
 
     grid = model.cfg.image.grid_size
     theirs, ours = state.pop(key).float(), sincos_2d_positions(model.cfg.embed_dim, grid, grid)[None]
-    if theirs.shape != ours.shape or not torch.allclose(theirs, ours, atol=1e-5):
+    if theirs.shape != ours.shape or not torch.allclose(theirs, ours, atol=1e-3):  # fp16 students: rounding <= 5e-4
         raise UserInputError(f"{path}: the {what}'s {IMAGE_POSITIONS} {tuple(theirs.shape)} is not the 2-D sin-cos "
                              f"table of the config's grid {tuple(ours.shape)}")
 

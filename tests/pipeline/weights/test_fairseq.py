@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import run, tiny_image_shards
 from model import build_model, get_config
 from pipeline.cli import main
 from pipeline.errors import UserInputError
@@ -329,3 +330,17 @@ def test_cli_import_export_load_encoder_round_trip_and_errors(tmp_path, capsys):
         assert main(["import-fairseq", str(path), "--modality", modality, "--out", str(tmp_path / "x")]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1
+
+
+def test_finetune_runs_on_an_imported_checkpoint(tmp_path, tiny_params):
+    root = tmp_path / "work"
+    root.mkdir()
+    tiny_image_shards(root, tiny_params)
+    fs = write_fairseq(tmp_path / "fs.pt", "image", tiny_model("image"), half=True)
+    run([sys.executable, "-m", "pipeline", "import-fairseq", str(fs), "--modality", "image"], cwd=root)
+    result = run([sys.executable, "-m", "pipeline", "finetune", "--modality", "image", "--task", "fashion_mnist",
+                  "--checkpoint", "models/image/fairseq/import/imported.pt", "--workers", "0", "--no-progress",
+                  "--max-updates", "2"], cwd=root)
+    summary = json.loads(result.stdout)
+    metrics = json.loads((root / summary["out"] / "metrics.json").read_text())
+    assert metrics["pretrain_updates"] == 1234 and metrics["finetune_updates"] == 2 and 0 <= metrics["value"] <= 1
