@@ -64,7 +64,7 @@ def build_pretrain_asset(modality: str, method: str, upstream: list) -> dg.Asset
     @dg.asset(**asset_args(stage, [modality, f"{method}_pretrained"], modality, method, pool=TRAINING_POOL, path=out),
               deps=upstream, kinds={"pytorch"},
               description=f"{method} pretraining of the {modality} encoder: every run of the benchmark scale, each a "
-              f"complete run at its update budget ({out}/s<seed>-u<updates>/, runs.json; DVC stage {stage}).")
+              f"complete run at its update budget (`{out}/s<seed>-u<updates>/`, `runs.json`; DVC stage `{stage}`).")
     def pretrained(context: dg.AssetExecutionContext, config: PretrainRunConfig,
                    pipes_subprocess_client: dg.PipesSubprocessClient, dvc: Dvc) -> dg.MaterializeResult:
         command = ["pretrain", "--modality", modality, "--method", method, "--benchmark", *operational(config)]

@@ -167,15 +167,18 @@ def check_benchmark_outputs(repo) -> list[dict]:
 
 @pytest.mark.slow
 def test_dagster_demo_job_runs_everything_to_the_report(repo_copy, tmp_path):
-    """The `demo` job at the tiny scale: data, every method's pretraining runs, the probes and floors, fine-tuning,
-    throughput, the report."""
+    """The `demo` job at the tiny scale, as `make demo` runs it (through workspace.yaml's code location, on the
+    project's instance config): data, every method's pretraining runs, the probes and floors, fine-tuning,
+    throughput, the report; the run is listed under its job, and DVC sees every stage up to date."""
     from dagster import DagsterInstance
 
     from assets import defs
 
     home = tmp_path / "dagster_home"
     home.mkdir()
-    result = run([str(VENV_BIN / "dagster"), "job", "execute", "-m", "assets", "-j", "demo"],
+    shutil.copy(REPO / "assets" / "dagster.yaml", home / "dagster.yaml")  # what `make dagster-home` installs
+    (repo_copy / ".venv-dvc").symlink_to(REPO / ".venv-dvc")
+    result = run([str(VENV_BIN / "python"), "-m", "assets.launch", "demo"],
                  cwd=repo_copy, env={"DAGSTER_HOME": str(home), **ONE_THREAD}, timeout=1500)
     log = result.stdout + result.stderr
     assert "RUN_SUCCESS" in log
@@ -195,15 +198,15 @@ def test_dagster_demo_job_runs_everything_to_the_report(repo_copy, tmp_path):
             metadata(*key.path)
         for modality, methods in PRETRAIN_METHODS.items():
             for method in methods:
-                pretrained = metadata(modality, method, "pretrained")  # one report for the runs, after the last
+                pretrained = metadata(modality, f"{method}_pretrained")  # one report for the runs, after the last
                 assert pretrained["runs"].value == 2 and pretrained["pretrain_flops"].value > 0, (modality, method)
                 assert [r.data["run"] for r in pretrained["pretraining_runs"].value.records] == ["s0-u2", "s0-u4"]
                 assert "data:image/png;base64" in pretrained["loss_curve"].value
             for method in (*methods, *FLOORS):
-                probed = metadata(modality, method, "probed")
+                probed = metadata(modality, f"{method}_probed")
                 assert {f"{p}_{METRIC_OF[modality]}" for p in PROBES_OF[modality]} <= set(probed), (modality, method)
             for method in (*methods, "scratch"):
-                finetuned = metadata(modality, method, "finetuned")
+                finetuned = metadata(modality, f"{method}_finetuned")
                 assert finetuned["metric"].value == METRIC_OF[modality], (modality, method)
                 assert finetuned["curve"].value.count("\n") == 3  # header, rule, the one run of seed 0
                 if modality == "speech":
@@ -215,17 +218,62 @@ def test_dagster_demo_job_runs_everything_to_the_report(repo_copy, tmp_path):
         assert "## Headline" in report["report"].value
         assert "data:image/png;base64" in report["plot_image-linear-fashion_mnist-top1"].value
 
+        (dagster_run,) = instance.get_runs()  # under its job and code location, tagged with what it ran from
+        assert (dagster_run.job_name, dagster_run.remote_job_origin.location_name) == ("demo", "data2vec")
+        assert {"d2v2/git_commit", "d2v2/params_sha256"} <= set(dagster_run.tags)
+
     records = check_benchmark_outputs(repo_copy)
     assert report["records"].value == len(records)
-    assert {r["dvc_stage_hash"] for r in records} == {"not in dvc.lock"}  # run outside DVC, and the record says so
     assert any(home.joinpath("history").rglob("*")) or any(home.rglob("*.db"))  # the run persisted in DAGSTER_HOME
+    # One record: every asset committed its stage to dvc.lock, so DVC has nothing to do and each number's hash is
+    # the lock's entry for the folder it came from.
+    assert run([str(DVC), "status"], cwd=repo_copy).stdout.strip() == "Data and pipelines are up to date."
+    assert "Running stage" not in run([str(DVC), "repro"], cwd=repo_copy, env=ONE_THREAD).stdout
+    lock = yaml.safe_load((repo_copy / "dvc.lock").read_text())
+    assert set(lock["stages"]) == _dvc_graph()[0]
+    outs = {o["path"]: o["md5"] for stage in lock["stages"].values() for o in stage.get("outs", [])}
+    for r in records:
+        assert r["dvc_stage_hash"] == outs[f"models/{r['modality']}/{r['method']}/{'sweep' if r['protocol'] == 'finetune' else 'probe'}"]
+
+
+def check_shared_results(repo, tmp_path, git: list[str]) -> None:
+    """Results are versioned and shared: reports/ committed with dvc.lock, the outputs pushed to the default
+    remote (.dvc/config: a folder beside the repository), a clone pulls them and regenerates the same report."""
+    run([*git, "add", "-A"], cwd=repo)
+    run([*git, "commit", "-qm", "results"], cwd=repo)
+    assert "pushed" in run([str(DVC), "push"], cwd=repo).stdout
+    assert any((tmp_path / "d2v2-dvc-remote").rglob("*"))
+    clone = tmp_path / "clone"  # beside the repository, so the relative remote is the same folder
+    run(["git", "clone", "-q", str(repo), str(clone)], cwd=tmp_path)
+    for venv in (".venv", ".venv-dvc"):
+        if not (clone / venv).exists():
+            (clone / venv).symlink_to(REPO / venv)
+    run([str(DVC), "pull"], cwd=clone)
+    assert run([str(DVC), "status"], cwd=clone).stdout.strip() == "Data and pipelines are up to date."
+    for copy in (repo, clone):  # the same inputs at the same commit give the same report, byte for byte
+        run([str(VENV_BIN / "python"), "-m", "pipeline", "report", "--out", "regenerated"], cwd=copy)
+    regenerated = sorted(p.relative_to(repo) for p in (repo / "regenerated").rglob("*") if p.is_file())
+    assert regenerated and all((repo / p).read_bytes() == (clone / p).read_bytes() for p in regenerated)
+    shutil.rmtree(repo / "regenerated")
+
+    diff = json.loads(run([str(DVC), "metrics", "diff", "HEAD~1", "HEAD", "--json"], cwd=repo).stdout)
+    assert "image/linear/fashion_mnist/top1/data2vec2_best" in diff["reports/headline.json"]
+    run([str(DVC), "exp", "run", "--temp", "-n", "seed1", "-S", "seed=1", "prepare@image"], cwd=repo, env=ONE_THREAD)
+    shown = json.dumps(json.loads(run([str(DVC), "exp", "show", "--json"], cwd=repo).stdout))
+    assert "seed1" in shown and "data2vec2_best" in shown
 
 
 @pytest.mark.slow
-def test_dvc_repro_end_to_end_no_op_then_reproduced_from_clean_models(repo_copy):
-    """`dvc repro` of the tiny graph; a second one does nothing; then, from clean outputs (models/ and the DVC
-    cache removed, so no stage is restored from it), a third gives the same value, updates and FLOPs in every
-    record of reports/metrics.json (scores are a function of code, data, params and seed)."""
+def test_dvc_repro_end_to_end_no_op_then_reproduced_from_clean_models(repo_copy, tmp_path):
+    """`dvc repro` of the tiny graph; a second one does nothing; the results, committed and pushed to the default
+    remote, pull into a fresh clone that DVC finds up to date and that regenerates the same report; `dvc metrics
+    diff` compares two commits and `dvc exp run --temp` runs a stage in DVC's copy; then, from clean outputs
+    (models/ and the DVC cache removed, so no stage is restored from it), a third repro gives the same value,
+    updates and FLOPs in every record of reports/metrics.json (scores are a function of code, data, params and
+    seed)."""
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.org"]
+    run([*git, "add", "-A"], cwd=repo_copy)
+    run([*git, "commit", "-qm", "code"], cwd=repo_copy)
     first = run([str(DVC), "repro"], cwd=repo_copy, env=ONE_THREAD, timeout=1500)
     stages = _dvc_graph()[0]
     assert first.stdout.count("Running stage") == len(stages)
@@ -248,6 +296,7 @@ def test_dvc_repro_end_to_end_no_op_then_reproduced_from_clean_models(repo_copy)
     second = run([str(DVC), "repro"], cwd=repo_copy, env=ONE_THREAD)
     assert "Running stage" not in second.stdout
     assert run([str(DVC), "status"], cwd=repo_copy).stdout.strip() == "Data and pipelines are up to date."
+    check_shared_results(repo_copy, tmp_path, git)
 
     shutil.rmtree(repo_copy / "models")
     shutil.rmtree(repo_copy / ".dvc" / "cache")
