@@ -3,7 +3,7 @@ read by index like local shards (pipeline/data/shard_reader.py), the way webdata
 
 Locations (`--shards`): a local folder (read in place, as before); `http://HOST/PATH` or `https://...` (the
 standard library's urllib); `s3://BUCKET/PATH` or `gs://BUCKET/PATH` (fsspec with s3fs or gcsfs: the optional
-extra `pip install '.[remote]'`); `pipe:COMMAND`, a shell command that writes one file on stdout, `{}` in it
+extras `pip install '.[s3]'` or `'.[gs]'`); `pipe:COMMAND`, a shell command that writes one file on stdout, `{}` in it
 replaced by the file name (appended when there is no `{}`), e.g. `pipe:aws s3 cp s3://bucket/shards/{} -` (as
 webdataset's `pipe:` URLs; opened with webdataset.gopen). index.json is read from the same location.
 
@@ -21,7 +21,7 @@ match index.json; processes of one node take turns through a file lock (a shard 
 not once per rank); a cached shard's sha256 is checked again once per process (a mismatch is downloaded anew);
 least recently used shards (by the blob's modification time, touched on every use) are deleted when the cache
 grows past its limit, never the shards of the split being fetched. Transient failures (connection errors,
-timeouts, HTTP 408/429/5xx, a short transfer, a failing command) are retried with exponential back-off;
+timeouts, HTTP 408/425/429/500/502/503/504, a short transfer, a failing command) are retried with exponential back-off;
 what still fails, and a sha256 that does not match index.json, is one UserInputError naming the URL.
 
 Settings (environment, so that each node of a cluster can point at its own disk): PIPELINE_SHARD_CACHE
@@ -52,7 +52,7 @@ CACHE_ENV = "PIPELINE_SHARD_CACHE"
 SIZE_ENV = "PIPELINE_SHARD_CACHE_GB"
 DEFAULT_GB = 100.0
 SCHEMES = ("http://", "https://", "s3://", "gs://", "pipe:")
-LOCATION_HELP = ("a folder, http(s)://HOST/PATH, s3://BUCKET/PATH or gs://BUCKET/PATH (pip install '.[remote]'), or "
+LOCATION_HELP = ("a folder, http(s)://HOST/PATH, s3://BUCKET/PATH or gs://BUCKET/PATH (pip install '.[s3]' or '.[gs]'), or "
                  "pipe:COMMAND ({} = file name); index.json is read from the same place and remote shards are fetched "
                  f"once per node into {CACHE_ENV} (size limit {SIZE_ENV}, default {DEFAULT_GB:g})")
 ATTEMPTS = 5  # one try and four retries: 1 + 2 + 4 + 8 s of back-off at the default
@@ -289,7 +289,7 @@ def _open(url: str) -> BinaryIO:
         from webdataset.gopen import gopen  # checks the command's exit status when the stream closes
 
         return gopen(url, "rb")
-    import fsspec  # s3://, gs://: the filesystem packages come with the `remote` extra
+    import fsspec  # s3://, gs://: the filesystem packages come with the `s3` and `gs` extras
 
     return fsspec.open(url, "rb").open()
 
@@ -313,7 +313,7 @@ def _reason(error: Exception) -> str:
     if isinstance(error, urllib.error.HTTPError):
         return f"HTTP {error.code} {error.reason}"
     if isinstance(error, ImportError):
-        return f"{error}; install the optional extra: pip install '.[remote]'"
+        return f"{error}; install the optional extra: pip install '.[s3]' or '.[gs]'"
     if isinstance(error, urllib.error.URLError):
         return str(error.reason)
     return f"{type(error).__name__}: {error}" if not isinstance(error, _Transient) else str(error)
