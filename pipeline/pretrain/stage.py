@@ -41,6 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-updates", type=int, help="update budget (overrides params.yaml)")
     p.add_argument("--budget-seconds", type=float, help="wall-clock budget of the training loop (overrides params.yaml)")
     p.add_argument("--seed", type=int, help="seed of the run (overrides params.yaml seed)")
+    p.add_argument("--init", type=Path, help="continue pretraining from this checkpoint's model config and weights "
+                   "(student and EMA teacher; e.g. import-fairseq's imported.pt); the optimizer and schedule start fresh")
     p.add_argument("--benchmark", action="store_true",
                    help="train every run of params.yaml benchmark.scales.<benchmark.scale> (each seed x update budget a "
                    "complete run, in <out>/s<seed>-u<updates>/) and write <out>/runs.json")
@@ -63,8 +65,12 @@ def build_configs(args: argparse.Namespace, params: dict[str, Any], run: dict[st
         model_cfg = get_config(args.modality, cfg.preset, args.method)
     except ValueError as e:
         raise UserInputError(str(e)) from None
+    if getattr(args, "init", None) is not None:
+        from pipeline.weights.load import init_config
+
+        model_cfg = init_config(args.init, args.modality, args.method, args.tokenizer or paths.tokenizer_path("text"))
     model_cfg.seed = cfg.seed
-    if cfg.modality == "text":
+    if cfg.modality == "text" and getattr(args, "init", None) is None:
         text_vocab(model_cfg, args.tokenizer or paths.tokenizer_path("text"))
     return cfg, model_cfg
 
@@ -97,7 +103,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         out = args.out or default_out(cfg.modality, cfg.method)
         shard_dir = args.shards or paths.shards_dir(cfg.modality)
         tokenizer_path = args.tokenizer or paths.tokenizer_path("text")
-        return Pretrainer(cfg, model_cfg, d, out, shard_dir, tokenizer_path, RunOptions.from_args(args)).fit()
+        trainer = Pretrainer(cfg, model_cfg, d, out, shard_dir, tokenizer_path, RunOptions.from_args(args))
+        trainer.init = args.init  # continued pretraining: the run starts from these weights
+        return trainer.fit()
     finally:
         distributed.teardown()
 

@@ -6,7 +6,7 @@ plain run.
   caps it), which the cosine schedule also follows; budget-<fraction>.pt at each of `checkpoint_fractions` of it
   (the benchmark trains each of its budgets as a complete run instead: pipeline/pretrain/stage.py);
 - the summary records the training FLOPs when `flops_per_update` is given (Trainer.step_flops);
-- fairseq's collapse guard (min_target_var / min_pred_var after guard_after_updates);
+- fairseq's collapse guard (min_target_var / min_pred_var after guard_after_updates, on each logged record);
 - best.pt: the lowest logged loss, judged when last.pt is written.
 
 Checkpoints hold "student" and "teacher" (the EMA teacher is not a registered submodule) besides the engine's keys.
@@ -63,6 +63,7 @@ class Pretrainer(Trainer):
         self.budget = f"{cfg.budget_seconds}s" if cfg.budget_seconds else f"{cfg.max_updates}u"
         self.spent = False  # a finished run (budget spent, its checkpoints saved) trains nothing more
         self.flops_per_update: int | None = None  # FLOPs of one update (all ranks), when counted: into the summary
+        self.init: Path | None = None  # continued pretraining: a checkpoint whose student and teacher start the run
         super().__init__(cfg, model_cfg, dist, out, run)
 
     def build_model(self):
@@ -88,8 +89,9 @@ class Pretrainer(Trainer):
 
         settings = {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in RESUMABLE_CHANGES}
         tokenizer = self.tokenizer_path if self.cfg.modality == "text" else None
-        return {"config": config_digest({"pretrain": settings, "model": self.model_cfg.to_dict()}),
-                "data": files_digest([self.shard_dir / "index.json", tokenizer])}
+        identity = {"config": config_digest({"pretrain": settings, "model": self.model_cfg.to_dict()}),
+                    "data": files_digest([self.shard_dir / "index.json", tokenizer])}
+        return identity | ({"init": files_digest([self.init])} if self.init is not None else {})
 
     def model_state(self) -> dict[str, Any]:
         teacher = self.model.teacher
@@ -113,7 +115,12 @@ class Pretrainer(Trainer):
 
     def after_resume(self) -> None:
         """After a budget change (train longer) budget-<f>.pt are saved again at the new budget's fractions, and the
-        earlier budget's files are removed so a sweep never mixes two budgets."""
+        earlier budget's files are removed so a sweep never mixes two budgets. A fresh run with `init` starts from
+        that checkpoint's student and EMA teacher."""
+        if self.init is not None and self.state["update"] == 0:
+            from pipeline.train import checkpoint
+
+            self.load_model_state(checkpoint.load(self.init, self.device))
         self.spent = budget_spent(self.cfg, self.state["update"], self.state["train_seconds"])
         if self.spent and self.cfg.budget_seconds:
             self.stop_reason = "budget_seconds"
@@ -151,21 +158,24 @@ class Pretrainer(Trainer):
                 f"{e['student_rows_per_update']} student rows per update; lr {self.lr:g} ({self.cfg.lr_scaling} scaling)")
 
     def after_step(self, done: int, stats: dict[str, float]) -> None:
-        """The cosine also follows the wall-clock budget (optim.lr_factor); the EMA teacher steps; the collapse guard."""
+        """The cosine also follows the wall-clock budget (optim.lr_factor); the EMA teacher steps."""
         if self.cfg.budget_seconds:
             time_fraction = distributed.all_reduce_means({"t": self.elapsed() / self.cfg.budget_seconds}, self.device)["t"]
             factor = lr_factor(done, self.cfg.warmup_updates, self.cfg.max_updates, self.min_lr_ratio, time_fraction)
             for group in self.optimizer.param_groups:
                 group["lr"] = group["initial_lr"] * factor
         stats["ema_decay"] = self.model.ema_step(done)
-        check_collapse(stats, self.model_cfg, self.cfg, done)
+
+    def on_log(self, record: dict[str, Any]) -> None:
+        """The collapse guard, on the logged stats (averaged over ranks, so every rank stops alike)."""
+        check_collapse(record, self.model_cfg, self.cfg, record["update"])
 
     def end_of_update(self, done: int) -> bool:
         """budget-<f>.pt once f of the budget has passed; last.pt (and best.pt when the logged loss is the lowest
         yet) every checkpoint_every updates and at the end; stop when the wall-clock budget is spent."""
         cfg, elapsed = self.cfg, self.state["train_seconds"]
         # a wall-clock decision differs between ranks by microseconds: take any rank's, so all stop together
-        over_time = distributed.broadcast_flag(cfg.budget_seconds is not None and elapsed >= cfg.budget_seconds, self.device)
+        over_time = cfg.budget_seconds is not None and distributed.broadcast_flag(elapsed >= cfg.budget_seconds, self.device)
         for fraction in cfg.checkpoint_fractions:
             if cfg.budget_seconds:
                 reached = distributed.broadcast_flag(elapsed >= fraction * cfg.budget_seconds, self.device)

@@ -55,6 +55,28 @@ def model_from_checkpoint(ckpt: dict[str, Any], path: Path, teacher: bool = Fals
     return model
 
 
+def init_config(path: Path, modality: str, method: str, tokenizer_path: Path | None):
+    """The model config of a checkpoint that starts continued pretraining (`pretrain --init`), checked against the
+    run: same modality and method, and for text the tokenizer the checkpoint's embeddings were trained with.
+    Raises UserInputError otherwise."""
+    from model.build import config_from_dict
+    from pipeline.finetune.model import check_tokenizer, text_vocab_mismatch
+    from pipeline.train import checkpoint
+
+    ckpt = checkpoint.load(path)
+    try:
+        cfg = config_from_dict(ckpt["config"]["model"])
+    except (KeyError, TypeError):
+        raise UserInputError(f"{path}: not a pretraining checkpoint (no config.model); pass a pretrain or "
+                             "import-fairseq checkpoint to --init") from None
+    if (cfg.modality, cfg.method) != (modality, method):
+        raise UserInputError(f"{path}: a {cfg.modality} {cfg.method} checkpoint; pass --modality {cfg.modality} "
+                             f"--method {cfg.method}")
+    if modality == "text":
+        check_tokenizer(tokenizer_path, path, ckpt["config"], lambda tok: text_vocab_mismatch(tok, cfg.text))
+    return cfg
+
+
 def load_encoder(path: str | Path, teacher: bool = False, device: str | torch.device = "cpu"):
     """The encoder stored at `path` (see the module docstring), in eval mode on `device`.
 

@@ -332,7 +332,7 @@ def test_cli_import_export_load_encoder_round_trip_and_errors(tmp_path, capsys):
         assert message in err and err.count("\n") == 1
 
 
-def test_finetune_runs_on_an_imported_checkpoint(tmp_path, tiny_params):
+def test_finetune_and_continued_pretraining_run_on_an_imported_checkpoint(tmp_path, tiny_params):
     root = tmp_path / "work"
     root.mkdir()
     tiny_image_shards(root, tiny_params)
@@ -344,3 +344,12 @@ def test_finetune_runs_on_an_imported_checkpoint(tmp_path, tiny_params):
     summary = json.loads(result.stdout)
     metrics = json.loads((root / summary["out"] / "metrics.json").read_text())
     assert metrics["pretrain_updates"] == 1234 and metrics["finetune_updates"] == 2 and 0 <= metrics["value"] <= 1
+
+    # continued pretraining starts from the imported student and teacher (one update: EMA decay 0.999)
+    run([sys.executable, "-m", "pipeline", "pretrain", "--modality", "image", "--init", "models/image/fairseq/import/imported.pt",
+         "--out", "cont", "--max-updates", "1", "--workers", "0", "--no-progress"], cwd=root)
+    imported = torch.load(root / "models/image/fairseq/import/imported.pt", weights_only=True)
+    last = torch.load(root / "cont" / "last.pt", weights_only=True)
+    assert last["update"] == 1 and last["config"]["model"] == {**imported["config"]["model"], "seed": 0}  # the run's seed
+    moved = max((last["teacher"][k] - t).abs().max().item() for k, t in imported["teacher"].items())
+    assert 0 < moved < 0.01
