@@ -198,7 +198,7 @@ class Scale:
     name: str
     seeds: tuple[int, ...]  # every run, probe and fine-tuning is repeated per seed
     budget_fractions: tuple[float, ...]  # each a complete pretraining run of round(f x max_updates) updates
-    probe_sizes: dict[str, int]  # {train, valid, test}
+    probe_sizes: dict[str, dict[str, int]]  # {modality: {train, valid, test}}
     max_updates: dict[str, dict[str, int]]  # {modality: {method: the largest budget, in updates}}
 
 
@@ -238,8 +238,8 @@ def _choices(where: str, values: tuple, known: tuple) -> None:
 
 
 def benchmark_scale(params: dict[str, Any] | None = None) -> Scale:
-    """params.yaml benchmark.scales.<benchmark.scale>: seeds, budget fractions, probe subsample sizes and every
-    (modality, method)'s largest budget in updates. Raises UserInputError for an unknown scale or key, a
+    """params.yaml benchmark.scales.<benchmark.scale>: seeds, budget fractions, probe subsample sizes per modality
+    and every (modality, method)'s largest budget in updates. Raises UserInputError for an unknown scale or key, a
     fraction outside (0, 1], a non-positive budget, or a method the benchmark does not run."""
     params = load() if params is None else params
     node = params.get("benchmark") or {}
@@ -249,8 +249,12 @@ def benchmark_scale(params: dict[str, Any] | None = None) -> Scale:
         raise UserInputError(f"params.yaml benchmark.scale: {name!r} is not one of benchmark.scales {sorted(scales)}")
     where = f"params.yaml benchmark.scales.{name}"
     block = dict(scales[name] or {})
-    sizes = merge(ProbeSizes, (f"{where}.probe_sizes", block.pop("probe_sizes", None)))
-    scale = merge(Scale, (where, {**block, "name": name, "probe_sizes": dataclasses.asdict(sizes)}))
+    sizes = block.pop("probe_sizes", None)
+    if not isinstance(sizes, dict) or not sizes or set(sizes) - set(MODALITIES):
+        raise UserInputError(f"{where}.probe_sizes: expected {{modality: {{train, valid, test}}}} with modalities "
+                             f"among {list(MODALITIES)} (got {sizes!r})")
+    sizes = {m: dataclasses.asdict(merge(ProbeSizes, (f"{where}.probe_sizes.{m}", n))) for m, n in sizes.items()}
+    scale = merge(Scale, (where, {**block, "name": name, "probe_sizes": sizes}))
     if not scale.seeds or not scale.budget_fractions or not all(0 < f <= 1 for f in scale.budget_fractions):
         raise UserInputError(f"{where}: seeds and budget_fractions must be non-empty, every fraction in (0, 1] "
                              f"(got {list(scale.seeds)}, {list(scale.budget_fractions)})")

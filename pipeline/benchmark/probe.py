@@ -12,7 +12,7 @@ its curve or on a floor.
                            the same data2vec 2.0 config's input transform
 
 Each source's features are extracted once per split, from fixed subsamples of the benchmark task (sizes:
-benchmark.scales.<scale>.probe_sizes; items drawn with params.yaml `seed`, the same for every method, run and
+benchmark.scales.<scale>.probe_sizes.<M>; items drawn with params.yaml `seed`, the same for every method, run and
 floor) at the block and pooling of params.yaml benchmark.<M> (layer, pooling), and cached under
 <out>/features/<source>/ (pipeline/benchmark/features.py; a cache whose key no longer matches is recomputed).
 Then every protocol of benchmark.<M>.probes reads the cache (pipeline/benchmark/probes.py): knn and linear need
@@ -186,7 +186,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise UserInputError(f"{tokenizer_path}: tokenizer not found; run `python -m pipeline tokenizer --modality {modality}`")
     out = args.out or Path("models") / modality / method / "probe"
     sources = points(modality, method, args, tokenizer_path)
-    positions = features.probe_positions(task, scale.probe_sizes, seed=P.seed(params))
+    if modality not in scale.probe_sizes:
+        raise UserInputError(f"params.yaml benchmark.scales.{scale.name}.probe_sizes.{modality}: missing (items per "
+                             "split the probes subsample: train, valid, test)")
+    positions = features.probe_positions(task, scale.probe_sizes[modality], seed=P.seed(params))
     spec = features.FeatureSpec(layer=bench.layer, pooling=bench.pooling)
     pipes = PipesReport()
     records, timings = [], {}

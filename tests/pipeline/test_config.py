@@ -135,7 +135,7 @@ def test_benchmark_lists_come_from_params_yaml():
 def _scaled(**scale):
     """The repository's benchmark with one scale `s` of these settings."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    block = {"seeds": [0], "budget_fractions": [0.25, 0.5, 1.0], "probe_sizes": {"train": 8, "valid": 4, "test": 4},
+    block = {"seeds": [0], "budget_fractions": [0.25, 0.5, 1.0], "probe_sizes": {"image": {"train": 8, "valid": 4, "test": 4}},
              "max_updates": {"image": {"mae": 100}}} | scale
     params["benchmark"] |= {"scale": "s", "scales": {"s": block}}
     return params
@@ -156,7 +156,7 @@ def test_the_repository_scales_give_every_method_a_budget():
 def test_benchmark_runs_are_complete_runs_per_seed_and_budget():
     params = _scaled(seeds=[1, 0], max_updates={"image": {"mae": 100, "data2vec2": 2}})
     scale = P.benchmark_scale(params)
-    assert (scale.seeds, scale.probe_sizes) == ((1, 0), {"train": 8, "valid": 4, "test": 4})
+    assert (scale.seeds, scale.probe_sizes) == ((1, 0), {"image": {"train": 8, "valid": 4, "test": 4}})
     assert P.benchmark_runs(params, "image", "mae") == [
         P.Run(0, 25, "s0-u25"), P.Run(0, 50, "s0-u50"), P.Run(0, 100, "s0-u100"),
         P.Run(1, 25, "s1-u25"), P.Run(1, 50, "s1-u50"), P.Run(1, 100, "s1-u100")]
@@ -168,8 +168,10 @@ def test_benchmark_runs_are_complete_runs_per_seed_and_budget():
 
 @pytest.mark.parametrize("scale, message", [
     ({"seed": [0]}, r"params.yaml benchmark.scales.s: unknown key\(s\) \['seed'\]"),
-    ({"probe_sizes": {"train": 1, "valid": 1}}, r"scales.s.probe_sizes: missing key\(s\) \['test'\]"),
-    ({"probe_sizes": {"train": 1, "valid": 1, "test": 1, "dev": 1}}, r"scales.s.probe_sizes: unknown key\(s\) \['dev'\]"),
+    ({"probe_sizes": {"image": {"train": 1, "valid": 1}}}, r"scales.s.probe_sizes.image: missing key\(s\) \['test'\]"),
+    ({"probe_sizes": {"image": {"train": 1, "valid": 1, "test": 1, "dev": 1}}},
+     r"scales.s.probe_sizes.image: unknown key\(s\) \['dev'\]"),
+    ({"probe_sizes": {"train": 1, "valid": 1, "test": 1}}, r"scales.s.probe_sizes: expected \{modality"),
     ({"budget_fractions": [0.5, 2.0]}, r"every fraction in \(0, 1\]"),
     ({"seeds": []}, r"seeds and budget_fractions must be non-empty"),
     ({"max_updates": {"image": {"mlm": 10}}}, r"max_updates.image: unknown method\(s\) \['mlm'\]"),
