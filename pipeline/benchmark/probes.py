@@ -120,11 +120,17 @@ class PrincipalAxes:
     Each axis is scaled by 1/sqrt(variance + l2): a change of variables, so the optimum is the same, that
     brings the Hessian of a logistic loss close to the identity; plain L-BFGS on strongly correlated features
     (a random encoder's, raw pixels) stops at 1,000 iterations short of the optimum. Axes along which the train
-    features do not vary are left out: the optimum puts no weight on them."""
+    features do not vary are left out: the optimum puts no weight on them. With fewer items than dimensions
+    (raw pixels, bags of tokens) the axes come from the (N, N) Gram matrix: the same axes, a smaller eigenproblem."""
 
     def __init__(self, x: torch.Tensor):
         centred = (x - x.mean(0)).double()
-        variances, basis = torch.linalg.eigh(centred.T @ centred / len(x))
+        n, dim = centred.shape
+        if n < dim:  # at most N axes vary: eigen-decompose the (N, N) Gram matrix, not the (D, D) covariance
+            variances, left = torch.linalg.eigh(centred @ centred.T / n)
+            basis = centred.T @ left / (variances.clamp(min=1e-300) * n).sqrt()  # unit axes where variance > 0
+        else:
+            variances, basis = torch.linalg.eigh(centred.T @ centred / n)
         keep = variances > 1e-9 * variances.max()  # above float64 rounding of exactly redundant axes
         self.basis, self.variances = basis[:, keep].to(x.dtype), variances[keep].to(x.dtype)  # (D, k), (k,)
         self.projected = x @ self.basis  # (N, k)

@@ -77,6 +77,26 @@ def test_logistic_regression_in_principal_axes_reaches_the_plain_optimum():
     assert torch.allclose(weight, w.detach(), atol=1e-3) and torch.allclose(bias, b.detach(), atol=1e-3)
 
 
+def test_fewer_items_than_dimensions_give_the_covariance_axes_from_the_gram_matrix():
+    """N < D (raw pixels, bags of tokens): the Gram path spans the same axes with the same variances as the
+    (D, D) covariance's eigenvectors, orthonormal, and the logistic optimum is the plain one."""
+    x, y = blobs(12, num_classes=2, dim=4, seed=5, separation=2.0)
+    x = (x.double() @ torch.randn(4, 40, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))  # (24, 40), rank 4
+    axes = PrincipalAxes(x)
+    centred = x - x.mean(0)
+    variances, basis = torch.linalg.eigh(centred.T @ centred / len(x))
+    keep = variances > 1e-9 * variances.max()
+    assert axes.basis.shape == (40, 4) and int(keep.sum()) == 4
+    assert torch.allclose(axes.variances.sort().values, variances[keep].sort().values, rtol=1e-9)
+    assert torch.allclose(axes.basis.T @ axes.basis, torch.eye(4, dtype=torch.float64), atol=1e-9)
+    assert torch.allclose(axes.basis @ axes.basis.T, basis[:, keep] @ basis[:, keep].T, atol=1e-9)
+    weight, bias, info = axes.fit(lambda logits: torch.nn.functional.cross_entropy(logits, y), 2, 1e-2, tolerance_grad=1e-9)
+    w = torch.zeros(40, 2, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    plain = lbfgs([w, b], lambda: torch.nn.functional.cross_entropy(x @ w + b, y) + 0.5e-2 * w.pow(2).sum(), 1000, 1e-9)
+    assert info["converged"] and info["loss"] == pytest.approx(plain["loss"], abs=1e-8)
+
+
 def test_probes_are_deterministic(separable):
     assert linear(*separable, l2_grid=(1e-2,)) == linear(*separable, l2_grid=(1e-2,))
     assert knn(*separable) == knn(*separable)
