@@ -1,4 +1,5 @@
-"""Default locations of pipeline outputs; every one is a DVC out (dvc.yaml), never in git."""
+"""Default locations of pipeline outputs; every one is a DVC out (dvc.yaml), never in git (the token cache is a
+plain cache, see token_cache_dir)."""
 from pathlib import Path
 
 DATA = Path("data")
@@ -14,6 +15,12 @@ def shards_dir(modality: str) -> Path:
 
 def tokenizer_path(modality: str) -> Path:
     return DATA / "tokenizers" / modality / "tokenizer.json"
+
+
+def token_cache_dir() -> Path:
+    """Tokenized text corpora, one file per (shards, tokenizer, split) digest (pipeline/pretrain/data.py); not a
+    DVC out: a cache any run may fill and anyone may delete."""
+    return DATA / "cache" / "tokens"
 
 
 def sweep_dir(modality: str, method: str, task: str) -> Path:

@@ -3,7 +3,7 @@ model FLOPs utilization (MFU) against this machine's measured matmul peak; appen
 
   peak   best FLOP/s of square matmuls in the training dtype (what the hardware delivers here, not a datasheet)
   step   `Trainer.train_step` (pipeline/train/trainer.py), the step pretraining runs: forward and backward under
-         autocast in DDP (a world of one), NaN guard, clipping, optimizer, grad scaler and schedule steps, the EMA
+         autocast (a world of one: no DDP wrapper), NaN guard, clipping, optimizer, grad scaler and schedule steps, the EMA
          update; the first batch of a run (update 0), averaged after warm-up steps
   FLOPs  `Trainer.count_flops` on that same batch (model/flops.py): the corrected FlopCounterMode count
          (as the benchmark's pretraining runs count theirs), and the analytic per-component count beside it
@@ -34,12 +34,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=5, help="timed training steps (after --warmup; default: %(default)s)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--loader-batches", type=int, default=20)
-    p.add_argument("--workers", type=int, default=1, help="DataLoader workers for the loader measurement")
+    p.add_argument("--workers", type=int, help="DataLoader workers for the loader measurement (default 1; --compare: "
+                   "the training run's default)")
     p.add_argument("--shards", type=Path)
     p.add_argument("--tokenizer", type=Path)
     p.add_argument("--out", type=Path, help="results file (default: reports/throughput/<modality>.json, which the report "
                    "reads); a record replaces the one of the same method, preset, batch, device and precision, others are kept")
     p.add_argument("--params", type=Path, default=Path("params.yaml"))
+    from pipeline.benchmark.speed import add_arguments as compare_arguments
+
+    compare_arguments(p)
 
 
 def matmul_peak_flops(device, dtype, size: int, repeats: int = 5) -> float:
@@ -92,7 +96,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     d = distributed.setup(args.device)
     try:
         trainer = Pretrainer(cfg, model_cfg, d, None, shard_dir, tokenizer, RunOptions(workers=args.workers, progress=False))
-        loader_rate = _loader_rate(trainer, args.loader_batches, args.workers)
+        workers = 1 if args.workers is None else args.workers
+        loader_rate = _loader_rate(trainer, args.loader_batches, workers)
         batch = trainer.first_update()
         flops = trainer.count_flops(batch)
         flops_per_step = flops["counted"]
@@ -118,7 +123,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "flops_per_step": flops_per_step, "analytic_flops_per_step": flops["analytic"], "flops_by_component": flops["components"],
         "flops_per_sample": flops_per_step / cfg.batch_size, "achieved_flops_per_s": flops_per_step / step_seconds,
         "matmul_peak_flops_per_s": peak, "mfu": flops_per_step / step_seconds / peak,
-        "loader_samples_per_s": loader_rate, "loader_workers": args.workers,
+        "loader_samples_per_s": loader_rate, "loader_workers": workers,
         "torch": torch.__version__, "git_commit": git_state(), "python": sys.version.split()[0],
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -146,6 +151,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from pipeline import paths
     from pipeline.io import atomic_write_json
 
+    if args.compare:
+        from pipeline.benchmark.speed import compare
+
+        out = args.out or paths.throughput_path(args.modality).with_name(f"compare-{args.modality}.json")
+        record = compare(argparse.Namespace(**{**vars(args), "method": args.method[0]}))
+        records = json.loads(out.read_text()) if out.exists() else []
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out, records + [record])
+        return {"out": str(out)}
     out = args.out or paths.throughput_path(args.modality)
     methods = P.benchmark(P.load(args.params))[args.modality].methods if args.benchmark_methods else args.method
     measured = [measure(argparse.Namespace(**{**vars(args), "method": method})) for method in methods]

@@ -140,20 +140,45 @@ class PretrainBatches(torch.utils.data.Dataset):
         return {"tokens": torch.stack([self.blocks[i] for i in ids])}
 
 
-def pack_text_blocks(shard_dir: Path, split: str, tokenizer_path: Path | None, block_size: int) -> torch.Tensor:
+def pack_text_blocks(shard_dir: Path, split: str, tokenizer_path: Path | None, block_size: int,
+                     cache_dir: Path | None = None) -> torch.Tensor:
     """Tokenize every document of `split`, join them with </s> (fairseq `sample_break_mode: none`) and cut
     the stream into blocks of `block_size`: <s> + block_size-1 tokens. Returns (num_blocks, block_size), to be
-    read only: the blocks are kept for the next call on the same (unchanged) files in this process, since
-    `pretrain --benchmark` builds a dataset per run and tokenizing the whole corpus takes seconds."""
+    read only.
+
+    The token stream is computed once per (corpus, tokenizer, split) and kept in `cache_dir` (default
+    data/cache/tokens) as <digest>.npy, the digest over the shards' index.json (which holds every shard's sha256)
+    and the tokenizer file: the benchmark trains many short runs, and tokenizing the corpus takes seconds each.
+    A process also keeps the blocks of its latest calls."""
     from pipeline import paths
+    from pipeline.io import files_digest
 
     tokenizer_path = Path(tokenizer_path or paths.tokenizer_path("text"))
-    stamps = tuple(p.stat().st_mtime_ns if p.exists() else None for p in (Path(shard_dir) / "index.json", tokenizer_path))
-    return _pack_text_blocks(Path(shard_dir), split, tokenizer_path, block_size, stamps)
+    key = f"{files_digest([Path(shard_dir) / 'index.json', tokenizer_path])}-{split}"
+    return _pack_text_blocks(key, Path(shard_dir), split, tokenizer_path, block_size, Path(cache_dir or paths.token_cache_dir()))
 
 
 @functools.lru_cache(maxsize=2)
-def _pack_text_blocks(shard_dir: Path, split: str, tokenizer_path: Path, block_size: int, stamps: tuple) -> torch.Tensor:
+def _pack_text_blocks(key: str, shard_dir: Path, split: str, tokenizer_path: Path, block_size: int,
+                      cache_dir: Path) -> torch.Tensor:
+    stream, bos = token_stream(key, shard_dir, split, tokenizer_path, cache_dir)
+    body = block_size - 1
+    num_blocks = len(stream) // body
+    if num_blocks == 0:
+        raise UserInputError(f"{shard_dir}: split {split!r} has {len(stream)} tokens, fewer than one block of {block_size}")
+    tokens = torch.from_numpy(stream[: num_blocks * body].astype(np.int64)).view(num_blocks, body)
+    return torch.cat([torch.full((num_blocks, 1), bos, dtype=torch.long), tokens], dim=1)
+
+
+def token_stream(key: str, shard_dir: Path, split: str, tokenizer_path: Path, cache_dir: Path) -> tuple[np.ndarray, int]:
+    """(the documents of `split` as one int32 stream, each followed by </s>; the id of <s>): read from
+    cache_dir/<key>.npz, or tokenized and written there atomically (plain arrays, loaded without pickle)."""
+    from pipeline.io import atomic_write_bytes
+
+    path = cache_dir / f"{key}.npz"
+    if path.exists():
+        with np.load(path, allow_pickle=False) as cached:
+            return cached["stream"], int(cached["bos"])
     from pipeline.data.tokenizer import iter_shard_texts, load
 
     tok = load(tokenizer_path)
@@ -166,9 +191,9 @@ def _pack_text_blocks(shard_dir: Path, split: str, tokenizer_path: Path, block_s
         for enc in tok.encode_batch(texts[start : start + 4096], add_special_tokens=False):
             stream.extend(enc.ids)
             stream.append(eos)
-    body = block_size - 1
-    num_blocks = len(stream) // body
-    if num_blocks == 0:
-        raise UserInputError(f"{shard_dir}: split {split!r} has {len(stream)} tokens, fewer than one block of {block_size}")
-    tokens = torch.tensor(stream[: num_blocks * body], dtype=torch.long).view(num_blocks, body)
-    return torch.cat([torch.full((num_blocks, 1), bos, dtype=torch.long), tokens], dim=1)
+    array = np.asarray(stream, dtype=np.int32)
+    buffer = io.BytesIO()
+    np.savez(buffer, stream=array, bos=np.int64(bos))
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buffer.getvalue())
+    return array, bos

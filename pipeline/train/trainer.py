@@ -94,8 +94,11 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_lambda())
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype is torch.float16)
         seed_rank(cfg.seed, dist.rank)
-        self.ddp = DDP(self.model, device_ids=[dist.local_rank] if self.device.type == "cuda" else None,
-                       find_unused_parameters=self.find_unused_parameters())
+        # a world of one trains the model itself: DDP would still copy every gradient into its buckets and
+        # all-reduce them over one rank (the same numbers, a few percent of a small model's step on a CPU)
+        self.ddp = self.model if dist.world_size == 1 else DDP(
+            self.model, device_ids=[dist.local_rank] if self.device.type == "cuda" else None,
+            find_unused_parameters=self.find_unused_parameters())
         self.state: dict[str, Any] = {"update": 0, "train_seconds": 0.0, **self.initial_state()}
         self.stop_reason = "max_updates"
         self.tokens_per_sample: float | None = None
@@ -184,15 +187,17 @@ class Trainer:
         """Before the micro-batches of (0-based) `update`."""
 
     def after_step(self, done: int, stats: dict[str, float]) -> None:
-        """After the optimizer and scheduler step that completed `done` updates; may add to `stats` (averaged over
-        micro-batches and ranks) or raise TrainingStopped."""
+        """After the optimizer and scheduler step that completed `done` updates; may add to `stats` (this rank's,
+        averaged over its micro-batches). A guard that must stop every rank alike belongs in `on_log`, whose
+        record holds the stats averaged over ranks."""
 
     def log_due(self, done: int) -> bool:
         """Whether the update writes a line to metrics.jsonl (its loss: the mean since the previous line)."""
         return done % self.cfg.log_every == 0 or done == self.cfg.max_updates
 
     def on_log(self, record: dict[str, Any]) -> None:
-        """Before `record` is written (validation adds its scores here)."""
+        """Before `record` (stats averaged over ranks) is written, on every rank: validation adds its scores here;
+        may raise TrainingStopped."""
 
     def checkpoint_due(self, done: int) -> bool:
         return done % self.cfg.checkpoint_every == 0 or done == self.cfg.max_updates
@@ -261,8 +266,10 @@ class Trainer:
         self.after_resume()
 
     def train_loop(self, loader) -> None:
-        """Updates until the loader ends or `end_of_update` stops; a progress line per update, a metrics.jsonl
-        line per `log_due` update."""
+        """Updates until the loader ends or `end_of_update` stops; a progress line per update (this rank's
+        figures), a metrics.jsonl line per `log_due` update. The stats of a log line come in one all-reduce: the
+        loss averaged over the updates since the previous line, the other stats those of the update, both
+        averaged over ranks; none per update (each would stall a GPU)."""
         self._started = time.perf_counter() - self.state["train_seconds"]
         resumed_at = (self.state["update"], self.state["train_seconds"])
         window: list[float] = []
@@ -280,7 +287,9 @@ class Trainer:
                 self.log.step(record)
                 window.append(stats["loss"])
                 if self.log_due(done):
-                    record["loss"] = self.mean_loss = sum(window) / len(window)
+                    stats = distributed.all_reduce_means({**stats, "loss": sum(window) / len(window)}, self.device)
+                    record.update(stats)
+                    self.mean_loss = stats["loss"]  # the same on every rank: best.pt is judged alike
                     window = []
                     self.on_log(record)
                     self.log.write(record)
@@ -290,32 +299,35 @@ class Trainer:
 
     def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
         """One update from this rank's micro-batches (dicts of tensors, the model's inputs): forward and backward
-        under autocast (DDP syncs on the last micro-batch only), NaN/Inf guard, unscale, clip, optimizer step,
-        grad scaler update, scheduler step, then `after_step`. Returns the loss and the model's stats averaged
-        over micro-batches and ranks, with lr (of scale 1) and grad_norm (before clipping). Raises
-        TrainingStopped on a NaN/Inf loss, before the optimizer step."""
+        under autocast (DDP syncs on the last micro-batch only), unscale, clip, NaN/Inf guard, optimizer step,
+        grad scaler update, scheduler step, then `after_step`. Returns this rank's loss and model stats averaged
+        over its micro-batches, with lr (of scale 1) and grad_norm (before clipping); the loop averages them over
+        ranks when it logs. One host sync per update (the guard needs one), no collective beyond DDP's. Raises
+        TrainingStopped on a NaN/Inf loss or gradient, before the optimizer step."""
         update = self.state["update"]
         self.before_step(update)
-        totals: dict[str, float] = {}
+        n = len(micro_batches)
+        total: torch.Tensor | None = None
         for k, mb in enumerate(micro_batches):
             mb = {key: v.to(self.device, non_blocking=True) for key, v in mb.items()}
             if self.tokens_per_sample is None:
                 self.tokens_per_sample = self.dataset.tokens_per_sample(mb)
-            sync = contextlib.nullcontext() if k == len(micro_batches) - 1 else self.ddp.no_sync()
+            sync = contextlib.nullcontext() if k == n - 1 or not isinstance(self.ddp, DDP) else self.ddp.no_sync()
             with sync, torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
                 loss, stats = self.ddp(mb)
                 if update == self.run.debug_nan_at_update:
                     loss = loss * float("nan")
-                self.scaler.scale(loss / len(micro_batches)).backward()
-            for key, value in {"loss": loss.detach(), **stats}.items():
-                totals[key] = totals.get(key, 0.0) + float(value) / len(micro_batches)
-        stats = distributed.all_reduce_means(totals, self.device)
-        if not math.isfinite(stats["loss"]):
-            kept = f" in {self.out / 'last.pt'}" if self.out is not None else ""
-            raise TrainingStopped(f"loss is {stats['loss']} at update {update}; stopped, last good checkpoint kept{kept}")
+                self.scaler.scale(loss / n).backward()
+            values = {"loss": loss.detach(), **stats}
+            # the stats stay on the device until the one read below
+            vector = torch.stack([torch.as_tensor(v, device=self.device).detach().float().reshape(()) for v in values.values()])
+            total = vector / n if total is None else total + vector / n
         self.scaler.unscale_(self.optimizer)
         clip = self.cfg.clip_norm if self.cfg.clip_norm > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], clip)
+        *means, grad_norm = torch.cat([total, grad_norm.detach().float().reshape(1).to(self.device)]).tolist()
+        stats = dict(zip(values, means))
+        self.guard(update, stats["loss"], grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -323,8 +335,22 @@ class Trainer:
         self.state["update"] = update + 1
         self.after_step(update + 1, stats)
         group = self.optimizer.param_groups[0]
-        stats.update(lr=group["lr"] / group.get("lr_scale", 1.0), grad_norm=float(grad_norm))
+        stats.update(lr=group["lr"] / group.get("lr_scale", 1.0), grad_norm=grad_norm)
         return stats
+
+    def guard(self, update: int, loss: float, grad_norm: float) -> None:
+        """Stop before the optimizer step on a NaN/Inf, every rank alike. The gradient norm is the same on every
+        rank (DDP averaged the gradients) and a NaN/Inf loss on any rank makes it NaN/Inf, so it decides without a
+        collective; under fp16 an Inf gradient is the grad scaler's business (it skips the step), so there the
+        loss itself is averaged over ranks and checked. Raises TrainingStopped."""
+        if not self.scaler.is_enabled() and math.isfinite(grad_norm):
+            return
+        loss = distributed.all_reduce_means({"loss": loss}, self.device)["loss"]  # every rank comes here
+        if self.scaler.is_enabled() and math.isfinite(loss):
+            return
+        what = f"loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {grad_norm} (loss {loss:.4g})"
+        kept = f" in {self.out / 'last.pt'}" if self.out is not None else ""
+        raise TrainingStopped(f"{what} at update {update}; stopped, last good checkpoint kept{kept}")
 
     def first_update(self) -> list[dict[str, torch.Tensor]]:
         """This rank's micro-batches of update 0 (the model's inputs, on the device): the first batch of every run
