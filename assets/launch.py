@@ -9,6 +9,10 @@ creates the run as `dagster job launch` does (workspace.yaml's code location, so
 re-executes from the UI) and executes it in this process, as the daemon's run worker would, printing the event
 log and exiting 1 on failure. DAGSTER_HOME must be set (the Makefile sets it to .dagster_home/). Concurrency
 pools apply: a training step waits while another run holds the `training` slot.
+
+It uses the functions behind `dagster job launch` and the run worker (`dagster._cli.job._create_run`,
+`dagster._core.execution.api.execute_run`), which are not public API: dagster is pinned (requirements.txt), and
+tests/assets/test_orchestration.py runs `make demo`'s command end to end.
 """
 from __future__ import annotations
 
