@@ -375,7 +375,8 @@ class Trainer:
         afterwards (the throughput stage) or thrown away (the benchmark's runs)."""
         from model import flops
 
-        with flops.counter() as counter, flops.analytic(self.model) as analytic:
+        # eagerly even with compile: true, so both counts see every op and module call
+        with torch.compiler.set_stance("force_eager"), flops.counter() as counter, flops.analytic(self.model) as analytic:
             self.train_step(micro_batches)
         names = list(analytic.components)
         totals = torch.tensor([counter.get_total_flops(), analytic.total, *analytic.components.values()],

@@ -216,3 +216,5 @@ def test_compile_option_compiles_the_model_in_place(world):
     plain, compiled = ToyTrainer(ToyConfig(), None, world, None), ToyTrainer(CompiledConfig(), None, world, None)
     assert compiled.model._compiled_call_impl is not None and plain.model._compiled_call_impl is None
     assert list(compiled.model.state_dict()) == list(plain.model.state_dict())  # the same names in checkpoints
+    batches = plain.first_update()
+    assert compiled.step_flops(batches) == plain.step_flops(batches) > 0  # counted eagerly, no compilation
