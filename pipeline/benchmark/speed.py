@@ -35,6 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=int, help="--compare: encoder width instead of the preset's (heads: width / 64)")
     p.add_argument("--depth", type=int, help="--compare: main transformer blocks instead of the preset's")
     p.add_argument("--compile", action="store_true", help="--compare: also time the compiled step")
+    p.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS, help="--compare: what to time (default: all)")
 
 
 def _summary(values: list[float]) -> dict[str, float]:
@@ -176,13 +177,14 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
             start = time.perf_counter()
             time_steps(trainer, batches[:2], "step")
             compile_seconds[name] = time.perf_counter() - start
-            time_steps(trainer, batches[:2], "bare")
+            if "bare" in args.kinds:
+                time_steps(trainer, batches[:2], "bare")
         rates: dict[str, list[float]] = {}
         attention: dict[str, list[float]] = {}
         shapes = attention_shapes(first, batches[0])
         for _ in range(args.repeats):
             for name, trainer in trainers.items():
-                kinds = ("step",) if name.endswith("compiled") else KINDS
+                kinds = ("step",) if name.endswith("compiled") else args.kinds
                 for kind in kinds:
                     rate = time_loop(trainer, n, workers, scratch) if kind == "loop" else time_steps(trainer, batches, kind)
                     rates.setdefault(f"{name} {kind}", []).append(rate)

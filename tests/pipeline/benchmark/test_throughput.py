@@ -1,6 +1,7 @@
 """The throughput stage times the training step pretraining runs (`Trainer.train_step`), in one process without
 torchrun. Speed itself is never asserted."""
 import argparse
+import json
 import time
 
 import pytest
@@ -59,3 +60,22 @@ def test_the_timed_step_is_the_trainers(image_shards, monkeypatch):
     assert record["mfu"] == pytest.approx(analytic_mfu, rel=0.01)
     assert sum(record["flops_by_component"].values()) == record["analytic_flops_per_step"]
     assert not torch.distributed.is_initialized()  # the world of one is gone again
+
+
+def test_compare_times_every_kind_and_precision_side_by_side(image_shards, capsys):
+    from pipeline.benchmark.throughput import run
+
+    out = image_shards / "compare.json"
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    args = build_parser().parse_args(["throughput", "--modality", "image", "--compare", "--steps", "1", "--repeats", "2",
+                                      "--workers", "0", "--device", "cpu", "--out", str(out),
+                                      "--shards", str(image_shards / "shards"), "--params", str(image_shards / "params.yaml")])
+    try:
+        run(args)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+    (record,) = json.loads(out.read_text())
+    assert set(record["samples_per_s"]) == {f"{p} {k}" for p in ("fp32", "bf16") for k in ("bare", "step", "loop")}
+    assert {"fp32 step/bare", "bf16 loop/bare", "bf16/fp32 step"} <= set(record["ratios"])
+    assert record["attention_shapes"]["student"] == [4 * 4, 4, 1 + 12, 32]  # B*M clones, heads, CLS + visible, head dim
+    assert "| fp32 step samples/s |" in capsys.readouterr().out
