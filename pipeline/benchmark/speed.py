@@ -12,7 +12,10 @@ and backward, through PyTorch's SDPA and the explicit fairseq kernel in fp32 and
 
 Every measurement is repeated `--repeats` times, interleaved (each repetition times every kind and precision in
 turn), so a load change on a shared machine hits all of them alike; ratios are taken within a repetition, then
-the median [min-max] over repetitions is reported. Speed is measured here, never asserted in tests.
+the median [min-max] over repetitions is reported. On a machine shared with other jobs, wall seconds follow
+their load; `--clock cpu --threads 1` counts this process's CPU seconds instead, which measure the work of a
+step whatever else runs (the loop's data loading then runs in worker processes, outside the count). Speed is
+measured here, never asserted in tests.
 """
 from __future__ import annotations
 
@@ -35,6 +38,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=int, help="--compare: encoder width instead of the preset's (heads: width / 64)")
     p.add_argument("--depth", type=int, help="--compare: main transformer blocks instead of the preset's")
     p.add_argument("--compile", action="store_true", help="--compare: also time the compiled step")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="--compare: wall seconds, or this process's CPU seconds (steady on a shared machine; use it "
+                   "with --threads 1)")
+    p.add_argument("--threads", type=int, help="--compare: torch threads (default: torch's)")
     p.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS, help="--compare: what to time (default: all)")
 
 
@@ -61,36 +68,50 @@ def bare_step(trainer, batch: dict, update: int) -> None:
     trainer.model.ema_step(update)
 
 
-def time_steps(trainer, batches: list[dict], kind: str) -> float:
-    """Samples/s of `kind` ("bare" or "step") over `batches` (one micro-batch each)."""
+def clock(kind: str):
+    """wall: time.perf_counter; cpu: this process's CPU time (time.process_time), which other jobs on a shared
+    machine barely change: with one torch thread it is the work the step does."""
+    return time.process_time if kind == "cpu" else time.perf_counter
+
+
+def time_steps(trainer, batches: list[dict], kind: str, seconds=time.perf_counter) -> float:
+    """Samples per second of `seconds` (a clock) of `kind` ("bare" or "step") over `batches` (one micro-batch each)."""
     _sync(trainer.device)
-    start = time.perf_counter()
+    start = seconds()
     for update, batch in enumerate(batches, 1):
         if kind == "bare":
             bare_step(trainer, batch, update)
         else:
             trainer.train_step([batch])
     _sync(trainer.device)
-    return trainer.cfg.batch_size * len(batches) / (time.perf_counter() - start)
+    return trainer.cfg.batch_size * len(batches) / (seconds() - start)
 
 
-def time_loop(trainer, num_updates: int, workers: int, scratch: Path) -> float:
-    """Samples/s of `Trainer.train_loop` over updates 1..num_updates-1 (update 0 starts the loader's workers), from
-    the loop's own clock (the `seconds` of its log records, which leave the log writes out)."""
+def time_loop(trainer, num_updates: int, workers: int, scratch: Path, cpu: bool = False) -> float:
+    """Samples/s of `Trainer.train_loop`. Wall clock: over updates 1..num_updates-1 (update 0 starts the loader's
+    workers), from the loop's own clock (the `seconds` of its log records, which leave the log writes out). CPU
+    clock: this process's CPU seconds over all updates, logging only at the end (the workers' decoding runs in
+    other processes and is not in it)."""
     from pipeline.train.loader import make_loader
     from pipeline.train.log import TrainLog
 
     trainer.state.update(update=0, train_seconds=0.0)
+    trainer.cfg.log_every = 10**9 if cpu else 1
     out = Path(tempfile.mkdtemp(dir=scratch))
     trainer.log = TrainLog(out, True, progress=False, total=num_updates, initial=0, desc="loop", title="loop")
+    start = time.process_time()
     trainer.train_loop(make_loader(trainer.dataset, trainer.cfg, 0, 1, 0, num_updates, workers))
+    cpu_seconds = time.process_time() - start
     trainer.log.finish({})
+    if cpu:
+        return trainer.cfg.batch_size * num_updates / cpu_seconds
     seconds = {r["update"]: r["seconds"] for r in trainer.log.records()}
     return trainer.cfg.batch_size * (num_updates - 1) / (seconds[num_updates] - seconds[1])
 
 
-def attention_times(shapes: dict[str, tuple], bias: bool, calls: int = 5) -> dict[str, float]:
-    """Milliseconds of `calls` forward+backward attention calls per (shape, kernel, dtype), one thread."""
+def attention_times(shapes: dict[str, tuple], bias: bool, calls: int = 5, seconds=time.perf_counter) -> dict[str, float]:
+    """Milliseconds (of the clock `seconds`) of `calls` forward+backward attention calls per (shape, kernel,
+    dtype), one thread."""
     import torch
     import torch.nn.functional as F
 
@@ -106,10 +127,10 @@ def attention_times(shapes: dict[str, tuple], bias: bool, calls: int = 5) -> dic
                 q, k, v = (torch.randn(B, H, T, d, dtype=dtype, requires_grad=True) for _ in range(3))
                 for kernel, fn in (("sdpa", F.scaled_dot_product_attention), ("explicit", explicit_attention)):
                     m = None if mask is None else (mask.to(dtype) if kernel == "sdpa" else mask)
-                    start = time.perf_counter()
+                    start = seconds()
                     for _ in range(calls):
                         fn(q, k, v, m).sum().backward()
-                    times[f"{name} {kernel} {str(dtype)[6:]}"] = 1000 * (time.perf_counter() - start)
+                    times[f"{name} {kernel} {str(dtype)[6:]}"] = 1000 * (seconds() - start)
     finally:
         torch.set_num_threads(threads)
     return times
@@ -163,6 +184,8 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     from pipeline.train.distributed import device_name
     from pipeline.train.loader import default_workers, make_loader, updates
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     d = distributed.setup(args.device)
     scratch = Path(tempfile.mkdtemp(prefix="throughput-compare-"))
     try:
@@ -186,16 +209,17 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
             for name, trainer in trainers.items():
                 kinds = ("step",) if name.endswith("compiled") else args.kinds
                 for kind in kinds:
-                    rate = time_loop(trainer, n, workers, scratch) if kind == "loop" else time_steps(trainer, batches, kind)
+                    rate = (time_loop(trainer, n, workers, scratch, args.clock == "cpu") if kind == "loop"
+                            else time_steps(trainer, batches, kind, clock(args.clock)))
                     rates.setdefault(f"{name} {kind}", []).append(rate)
-            for key, ms in attention_times(shapes, bias=first.cfg.modality == "speech").items():
+            for key, ms in attention_times(shapes, first.cfg.modality == "speech", seconds=clock(args.clock)).items():
                 attention.setdefault(key, []).append(ms)
         device = device_name(d.device)
     finally:
         distributed.teardown()
     record = {"modality": first.cfg.modality, "method": first.cfg.method, "preset": first.cfg.preset,
               "width": first.model_cfg.embed_dim, "depth": first.model_cfg.encoder.depth, "batch_size": first.cfg.batch_size,
-              "updates_per_repeat": args.steps, "repeats": args.repeats, "loader_workers": workers, "device": device,
+              "updates_per_repeat": args.steps, "repeats": args.repeats, "clock": args.clock, "loader_workers": workers, "device": device,
               "samples_per_s": {k: _summary(v) for k, v in rates.items()}, "ratios": ratios(rates, args.precisions),
               "attention_shapes": {k: list(v) for k, v in shapes.items()},
               "attention_ms": {k: _summary(v) for k, v in attention.items()},
@@ -225,9 +249,11 @@ def markdown(record: dict[str, Any]) -> str:
     def cell(s: dict[str, float], digits: int) -> str:
         return f"{s['median']:.{digits}f} [{s['min']:.{digits}f}-{s['max']:.{digits}f}]"
 
+    per = "CPU-second of the training process" if record["clock"] == "cpu" else "second"
     lines = [f"### {record['modality']} {record['method']}, {record['preset']} preset at width {record['width']}, depth "
              f"{record['depth']}; batch {record['batch_size']}; {record['device']}; {record['repeats']} x "
-             f"{record['updates_per_repeat']} updates", "", "| measured | median [min-max] |", "|---|---|"]
+             f"{record['updates_per_repeat']} updates; samples and ms per {per}", "",
+             "| measured | median [min-max] |", "|---|---|"]
     lines += [f"| {k} samples/s | {cell(v, 1)} |" for k, v in record["samples_per_s"].items()]
     lines += [f"| {k} | {cell(v, 2)} |" for k, v in record["ratios"].items()]
     lines += [f"| attention {k} ms (5 x fwd+bwd, 1 thread) | {cell(v, 1)} |" for k, v in record["attention_ms"].items()]
