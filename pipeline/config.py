@@ -200,6 +200,7 @@ class Scale:
     budget_fractions: tuple[float, ...]  # each a complete pretraining run of round(f x max_updates) updates
     probe_sizes: dict[str, dict[str, int]]  # {modality: {train, valid, test}}
     max_updates: dict[str, dict[str, int]]  # {modality: {method: the largest budget, in updates}}
+    finetune: bool  # run the fine-tuning protocol (benchmark.<modality>.finetune) at this scale
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,6 +256,8 @@ def benchmark_scale(params: dict[str, Any] | None = None) -> Scale:
                              f"among {list(MODALITIES)} (got {sizes!r})")
     sizes = {m: dataclasses.asdict(merge(ProbeSizes, (f"{where}.probe_sizes.{m}", n))) for m, n in sizes.items()}
     scale = merge(Scale, (where, {**block, "name": name, "probe_sizes": sizes}))
+    if not isinstance(scale.finetune, bool):
+        raise UserInputError(f"{where}.finetune: {scale.finetune!r} must be true or false")
     if not scale.seeds or not scale.budget_fractions or not all(0 < f <= 1 for f in scale.budget_fractions):
         raise UserInputError(f"{where}: seeds and budget_fractions must be non-empty, every fraction in (0, 1] "
                              f"(got {list(scale.seeds)}, {list(scale.budget_fractions)})")

@@ -22,7 +22,8 @@ TINY_PARAMS = {
     "benchmark": {
         **_BENCHMARK, "scale": "demo",
         "scales": {"demo": {"seeds": [0], "budget_fractions": [0.5, 1.0], "probe_sizes": dict.fromkeys(("image", "speech", "text"), {"train": 48, "valid": 16, "test": 16}),
-                            "max_updates": {m: dict.fromkeys(_BENCHMARK[m]["methods"], 4) for m in ("image", "speech", "text")}}},
+                            "max_updates": {m: dict.fromkeys(_BENCHMARK[m]["methods"], 4) for m in ("image", "speech", "text")},
+                            "finetune": True}},
     },
     "image": {"prepare": {"train_limit": 64, "test_limit": 16}, "shard": {"max_samples_per_shard": 40}},
     "speech": {

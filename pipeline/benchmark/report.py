@@ -448,6 +448,9 @@ def header(records: list[dict[str, Any]], context: dict[str, Any]) -> list[str]:
           f"`{context.get('git_commit', 'unknown')}`; dvc.lock md5 `{context.get('dvc_lock_md5', 'n/a')}`. "
           f"Hardware: {context.get('hardware', 'unknown')}. Presets: {', '.join(presets) or 'unknown'}; seeds: "
           f"{', '.join(map(str, seeds)) or 'none'}.", "",
+          *([f"Scale `{context['scale']}`" + ("." if context.get("finetune", True) else
+             f": the fine-tuning protocol is off at this scale (params.yaml benchmark.scales.{context['scale']}.finetune"
+             "); frozen-feature probes only."), ""] if context.get("scale") else []),
           "Same encoder size, data and evaluation for every method. Each point of a curve is a complete pretraining run "
           "with its own schedule, at an update budget; its cost is measured twice: the training loop's seconds on this "
           "machine and the training FLOPs (counted, machine-independent). Scores are the mean over seeds, error bars "
@@ -550,6 +553,7 @@ def run(args) -> dict[str, Any]:
     import hashlib
     import platform
 
+    from pipeline import config as P
     from pipeline import paths
     from pipeline.errors import UserInputError
     from pipeline.io import atomic_write_json
@@ -570,6 +574,9 @@ def run(args) -> dict[str, Any]:
     context = {"git_commit": git_state(), "metrics_path": str(out / "metrics.json"), "missing": [str(p) for p in missing],
                "dvc_lock_md5": hashlib.md5(lock.read_bytes()).hexdigest() if lock.exists() else "no dvc.lock",
                "hardware": throughput[0]["device"] if throughput else f"{platform.machine()} ({platform.platform()})"}
+    if not args.records and (P.load().get("benchmark") or {}).get("scales"):
+        scale = P.benchmark_scale()
+        context |= {"scale": scale.name, "finetune": scale.finetune}
     out.mkdir(parents=True, exist_ok=True)
     # every record with every key (None where its protocol has none): `dvc plots` reads a list of records only
     # when all of them have the same keys (probe and fine-tuning records carry different extras)

@@ -3,7 +3,8 @@
 (`pretrain --benchmark` writes it) is fine-tuned with the same recipe and label fraction (params.yaml
 finetune.<modality>) and tested; for `scratch`, one run from random weights per seed of the benchmark scale
 (params.yaml benchmark.scales.<scale>.seeds). Each fine-tuning run gets its seed (`finetune --seed`).
-`finetune: none` fine-tunes nothing (curve.json is an empty list).
+`finetune: none`, or a scale with `finetune: false` (params.yaml benchmark.scales.<scale>), fine-tunes nothing
+(curve.json is an empty list).
 
 Output in --out (default models/<modality>/<method>/sweep/<task>): one fine-tuning folder per run
 (<run name>/, e.g. s0-u100/; scratch: scratch-s<seed>/) and curve.json, one record per run and metric in the
@@ -90,7 +91,7 @@ def runs_to_finetune(args: argparse.Namespace, params: dict[str, Any], task: str
     from pipeline.benchmark.probe import cost_fields, final_runs, pretrain_runs
     from pipeline.finetune import config as finetune_config
 
-    if P.benchmark(params)[args.modality].finetune == "none":
+    if P.benchmark(params)[args.modality].finetune == "none" or not P.benchmark_scale(params).finetune:
         return []
     if args.method == "scratch":
         preset = finetune_config.build(args.modality, task, "finetune", params).preset

@@ -136,7 +136,7 @@ def _scaled(**scale):
     """The repository's benchmark with one scale `s` of these settings."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     block = {"seeds": [0], "budget_fractions": [0.25, 0.5, 1.0], "probe_sizes": {"image": {"train": 8, "valid": 4, "test": 4}},
-             "max_updates": {"image": {"mae": 100}}} | scale
+             "max_updates": {"image": {"mae": 100}}, "finetune": True} | scale
     params["benchmark"] |= {"scale": "s", "scales": {"s": block}}
     return params
 

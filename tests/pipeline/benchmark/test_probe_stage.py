@@ -40,7 +40,8 @@ RUNS = [{"seed": 0, "updates": 1, "name": "s0-u1", "train_seconds": 0.5, "flops_
 def benchmark_params(modality: str) -> dict:
     params = yaml.safe_load(yaml.safe_dump(TINY_PARAMS))
     max_updates = {m: {method: 2 for method in BENCHMARK[m]["methods"]} for m in BENCHMARK}
-    scale = {"seeds": SEEDS, "budget_fractions": [0.5, 1.0], "probe_sizes": PROBE_SIZES, "max_updates": max_updates}
+    scale = {"seeds": SEEDS, "budget_fractions": [0.5, 1.0], "probe_sizes": PROBE_SIZES, "max_updates": max_updates,
+             "finetune": True}
     params["benchmark"] = {"scale": "demo", "scales": {"demo": scale}, **BENCHMARK}
     return params
 

@@ -16,9 +16,9 @@ RUNS = [{"seed": s, "updates": u, "name": f"s{s}-u{u}", "train_seconds": u / 10,
          "effective_batch": {"samples_per_update": 4}} for s in (0, 1) for u in (2, 4)]
 
 
-def params_with(seeds=(0, 1), finetune="final") -> dict:
+def params_with(seeds=(0, 1), finetune="final", scale_finetune=True) -> dict:
     params = yaml.safe_load(yaml.safe_dump(TINY_PARAMS))
-    params["benchmark"]["scales"][params["benchmark"]["scale"]]["seeds"] = list(seeds)
+    params["benchmark"]["scales"][params["benchmark"]["scale"]] |= {"seeds": list(seeds), "finetune": scale_finetune}
     params["benchmark"]["image"]["finetune"] = finetune
     return params
 
@@ -54,6 +54,13 @@ def test_scratch_is_one_run_per_seed_and_none_fine_tunes_nothing():
     assert [(c["name"], c["checkpoint"], c["fields"]["seed"]) for c in chosen] == [("scratch-s0", "none", 0), ("scratch-s2", "none", 2)]
     assert {(c["fields"]["pretrain_updates"], c["fields"]["pretrain_flops"], c["fields"]["pretrain_seconds"]) for c in chosen} == {(0, 0, 0.0)}
     assert runs_to_finetune(sweep_args("--method", "scratch"), params_with(finetune="none"), "fashion_mnist") == []
+
+
+def test_a_scale_without_fine_tuning_fine_tunes_nothing(tmp_path):
+    write_runs(tmp_path / "pretrain")
+    params = params_with(scale_finetune=False)
+    for method in ("mae", "scratch"):
+        assert runs_to_finetune(sweep_args("--method", method, "--pretrain-dir", str(tmp_path / "pretrain")), params, "t") == []
 
 
 def test_each_fine_tuning_run_gets_its_seed_and_the_sweep_flags():

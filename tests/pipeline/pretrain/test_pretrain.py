@@ -258,7 +258,7 @@ def test_benchmark_trains_each_budget_as_a_complete_run_once(image_workdir):
     params["benchmark"] = {"scale": "demo", "image": {"methods": ["data2vec2"], "task": "fashion_mnist"},
                            "scales": {"demo": {"seeds": [0, 1], "budget_fractions": [0.5, 1.0],
                                                "probe_sizes": {"image": {"train": 8, "valid": 4, "test": 4}},
-                                               "max_updates": {"image": {"data2vec2": 4}}}}}
+                                               "max_updates": {"image": {"data2vec2": 4}}, "finetune": True}}}
     write_params(image_workdir / "bench.yaml", params)
     out = image_workdir / "bench"
     printed = json.loads(run(pretrain_cmd(out, "--benchmark", "--params", "bench.yaml"), cwd=image_workdir).stdout)
