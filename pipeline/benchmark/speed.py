@@ -2,10 +2,10 @@
 
 For one modality, per precision (fp32, bf16) on the same batches (updates 1..N of the run, read once):
   bare     the model alone: forward under autocast, backward, AdamW step, EMA step; what a minimal script runs
-  step     `Trainer.train_step` (pipeline/train/trainer.py): stats, NaN guard, clipping,
-           optimizer, schedule, EMA, the collapse guard
+  step     `Trainer.train_step` (pipeline/train/trainer.py): the same plus stats, NaN guard, clipping and
+           the schedule
   loop     `Trainer.train_loop` over a DataLoader with the run's workers on the same updates: the step plus waiting
-           for batches, the progress line and the log records (their writes are untimed, as in a run)
+           for batches and the loop's own work (from the end of update 0, after the workers have started)
   compiled `step` with the model compiled (params.yaml pretrain.<m>.compile), with --compile
 and the attention of the model's shapes (student: B*M clones' visible tokens; teacher: B full sequences), forward
 and backward, through PyTorch's SDPA and the explicit fairseq kernel in fp32 and bf16 (model/transformer.py).
@@ -87,26 +87,32 @@ def time_steps(trainer, batches: list[dict], kind: str, seconds=time.perf_counte
     return trainer.cfg.batch_size * len(batches) / (seconds() - start)
 
 
-def time_loop(trainer, num_updates: int, workers: int, scratch: Path, cpu: bool = False) -> float:
-    """Samples/s of `Trainer.train_loop`. Wall clock: over updates 1..num_updates-1 (update 0 starts the loader's
-    workers), from the loop's own clock (the `seconds` of its log records, which leave the log writes out). CPU
-    clock: this process's CPU seconds over all updates, logging only at the end (the workers' decoding runs in
-    other processes and is not in it)."""
+def time_loop(trainer, num_updates: int, workers: int, scratch: Path, seconds=time.perf_counter) -> float:
+    """Samples per second of `seconds` (a clock) of `Trainer.train_loop` from the end of update 0 to the end of the
+    last: update 0 starts the loader's workers (a fork, whose copy-on-write faults the next writes pay), which a
+    run does once. Logs once at the end; the workers' decoding is in other processes (outside a CPU clock)."""
     from pipeline.train.loader import make_loader
     from pipeline.train.log import TrainLog
 
     trainer.state.update(update=0, train_seconds=0.0)
-    trainer.cfg.log_every = 10**9 if cpu else 1
     out = Path(tempfile.mkdtemp(dir=scratch))
     trainer.log = TrainLog(out, True, progress=False, total=num_updates, initial=0, desc="loop", title="loop")
-    start = time.process_time()
-    trainer.train_loop(make_loader(trainer.dataset, trainer.cfg, 0, 1, 0, num_updates, workers))
-    cpu_seconds = time.process_time() - start
+    ends: list[float] = []
+    step = trainer.train_step
+
+    def timed_step(micro_batches):
+        stats = step(micro_batches)
+        _sync(trainer.device)
+        ends.append(seconds())
+        return stats
+
+    trainer.train_step = timed_step
+    try:
+        trainer.train_loop(make_loader(trainer.dataset, trainer.cfg, 0, 1, 0, num_updates, workers))
+    finally:
+        del trainer.train_step  # the class's method again
     trainer.log.finish({})
-    if cpu:
-        return trainer.cfg.batch_size * num_updates / cpu_seconds
-    seconds = {r["update"]: r["seconds"] for r in trainer.log.records()}
-    return trainer.cfg.batch_size * (num_updates - 1) / (seconds[num_updates] - seconds[1])
+    return trainer.cfg.batch_size * (num_updates - 1) / (ends[-1] - ends[0])
 
 
 def attention_times(shapes: dict[str, tuple], bias: bool, calls: int = 5, seconds=time.perf_counter) -> dict[str, float]:
@@ -165,9 +171,9 @@ def build_trainers(args: argparse.Namespace, d) -> dict[str, Any]:
     width, depth = args.width or enc.embed_dim, args.depth or enc.depth
     model_cfg.encoder = dataclasses.replace(enc, embed_dim=width, depth=depth,
                                             num_heads=enc.num_heads if width == enc.embed_dim else width // 64)
-    # no checkpoints, budget files or schedule end inside the measurement
+    # no checkpoints, budget files, schedule end or log lines inside the measurement
     cfg = dataclasses.replace(cfg, batch_size=args.batch_size or cfg.batch_size, grad_accum=1, max_updates=10**9,
-                              checkpoint_every=10**9, checkpoint_fractions=(), log_every=1, budget_seconds=None)
+                              checkpoint_every=10**9, checkpoint_fractions=(), log_every=10**9, budget_seconds=None)
     shard_dir, tokenizer = args.shards or paths.shards_dir(cfg.modality), args.tokenizer or paths.tokenizer_path("text")
     variants = [(p, False) for p in args.precisions] + ([(p, True) for p in args.precisions] if args.compile else [])
     return {f"{p}{' compiled' if c else ''}": Pretrainer(dataclasses.replace(cfg, precision=p, compile=c), model_cfg, d,
@@ -209,7 +215,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
             for name, trainer in trainers.items():
                 kinds = ("step",) if name.endswith("compiled") else args.kinds
                 for kind in kinds:
-                    rate = (time_loop(trainer, n, workers, scratch, args.clock == "cpu") if kind == "loop"
+                    rate = (time_loop(trainer, n, workers, scratch, clock(args.clock)) if kind == "loop"
                             else time_steps(trainer, batches, kind, clock(args.clock)))
                     rates.setdefault(f"{name} {kind}", []).append(rate)
             for key, ms in attention_times(shapes, first.cfg.modality == "speech", seconds=clock(args.clock)).items():
