@@ -29,8 +29,17 @@ def load(path: Path | str = DEFAULT_PARAMS) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise UserInputError(f"{path}: params file not found; run from the repository root or pass --params PATH")
-    with open(path, encoding="utf-8") as f:
-        return yaml.safe_load(f) or {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            params = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        raise UserInputError(f"{path}: not valid YAML{line}: {getattr(e, 'problem', None) or e}; fix the file") from None
+    if not isinstance(params, dict):
+        raise UserInputError(f"{path}: expected a mapping of sections (seed, benchmark, pretrain, ...), got "
+                             f"{type(params).__name__}; fix the file")
+    return params
 
 
 def seed(params: dict[str, Any]) -> int:

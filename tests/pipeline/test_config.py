@@ -203,3 +203,13 @@ def test_modalities_are_the_models():
     from model.config import MODALITIES
 
     assert P.MODALITIES == MODALITIES
+
+
+@pytest.mark.parametrize("text, message", [
+    ("seed: 0\nbenchmark: [unclosed\n", r"bad\.yaml: not valid YAML \(line \d+\).*; fix the file"),
+    ("- just\n- a list\n", r"bad\.yaml: expected a mapping of sections .*got list; fix the file"),
+])
+def test_a_malformed_params_file_is_one_line_naming_it(tmp_path, text, message):
+    (tmp_path / "bad.yaml").write_text(text)
+    with pytest.raises(UserInputError, match=message):
+        P.load(tmp_path / "bad.yaml")
