@@ -39,6 +39,7 @@ from typing import Any
 
 from pipeline import paths
 from pipeline.config import MODALITIES
+from pipeline.data.shard_cache import LOCATION_HELP, shard_location
 from pipeline.errors import UserInputError
 
 FLOORS = ("random_init", "raw_input")
@@ -53,7 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(its runs.json), or a floor: random_init, raw_input")
     p.add_argument("--pretrain-dir", type=Path, help="folder of runs.json (default: models/<modality>/<method>/pretrain)")
     p.add_argument("--out", type=Path, help="default: models/<modality>/<method>/probe")
-    p.add_argument("--shards", type=Path, help="shard folder (default: data/shards/<modality>)")
+    p.add_argument("--shards", type=shard_location, help=f"shards: {LOCATION_HELP} (default: data/shards/<modality>)")
     p.add_argument("--tokenizer", type=Path, help="speech/text tokenizer.json (default: data/tokenizers/<modality>/tokenizer.json)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers of the extraction (default: %(default)s)")
 

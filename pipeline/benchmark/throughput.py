@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import MODALITIES
+from pipeline.data.shard_cache import LOCATION_HELP, shard_location
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loader-batches", type=int, default=20)
     p.add_argument("--workers", type=int, help="DataLoader workers for the loader measurement (default 1; --compare: "
                    "the training run's default)")
-    p.add_argument("--shards", type=Path)
+    p.add_argument("--shards", type=shard_location, help=f"shards: {LOCATION_HELP} (default: data/shards/<modality>)")
     p.add_argument("--tokenizer", type=Path)
     p.add_argument("--out", type=Path, help="results file (default: reports/throughput/<modality>.json, which the report "
                    "reads); a record replaces the one of the same method, preset, batch, device and precision, others are kept")

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import MODALITIES
+from pipeline.data.shard_cache import LOCATION_HELP, shard_location
 from pipeline.errors import UserInputError
 
 NUM_SAMPLE_TRANSCRIPTS = 20
@@ -34,7 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", required=True, help="the task it was fine-tuned on (fashion_mnist, synth, lexname, fortune, or yours)")
     p.add_argument("--split", default="test", help="train, valid or test (the task's splits), or any split name in the shards")
     p.add_argument("--out", type=Path, help="output folder (default: the checkpoint's folder)")
-    p.add_argument("--shards", type=Path, help="shard folder (default: the one the model was fine-tuned on)")
+    p.add_argument("--shards", type=shard_location, help=f"shards: {LOCATION_HELP} (default: the ones the model was "
+                   "fine-tuned on)")
     p.add_argument("--tokenizer", type=Path, help="tokenizer.json (default: the one the model was fine-tuned with; "
                    "another vocabulary, even of the same size or reordered, is refused: exit 2)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))

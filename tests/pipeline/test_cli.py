@@ -90,3 +90,15 @@ def test_an_error_in_a_dataloader_worker_prints_as_its_own_line(monkeypatch, cap
     assert cli.main(["summary", "--modality", "image"]) == 2
     err = capsys.readouterr().err
     assert err == "error: shard-000000.tar sample 000000: cannot decode; re-run `shard`\n"
+
+
+@pytest.mark.parametrize("stage, extra", [("pretrain", []), ("finetune", ["--task", "t", "--checkpoint", "none"]),
+                                          ("probe", ["--method", "mae"]), ("throughput", []),
+                                          ("evaluate", ["--task", "t", "--checkpoint", "c.pt"])])
+def test_every_stage_reading_shards_takes_a_url_as_given(stage, extra):
+    """A URL stays a string (a Path would collapse `//`), for main() to fetch into the shard cache; an unsupported
+    scheme is refused by argparse."""
+    args = build_parser().parse_args([stage, "--modality", "image", *extra, "--shards", "http://127.0.0.1:9/s"])
+    assert args.shards == "http://127.0.0.1:9/s"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([stage, "--modality", "image", *extra, "--shards", "ftp://host/s"])
