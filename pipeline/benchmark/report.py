@@ -309,6 +309,9 @@ def _shows(group: dict[str, Any], baseline: str) -> str:
                  f"({group['floors'][versus['floor']]['mean']:.4g}), ")
     else:
         head += f"data2vec 2.0's best {_score(best)} (no random_init floor), "
+    raw = group["floors"].get("raw_input")
+    if raw is not None and (best["mean"] <= raw["mean"]) == group["higher_is_better"]:
+        head += f"not better than the raw_input floor ({raw['mean']:.4g}): not a result for this protocol yet, "
     verdict = group["speedups"].get(baseline)
     if verdict is None:
         return head + f"no {baseline} curve"

@@ -81,8 +81,11 @@ def test_no_speedup_within_the_seed_spread_below_the_floor_or_with_one_seed(tmp_
            "updates; mae at 100, 200, 400 updates." in md
     assert "| data2vec2 | 0.41 ± 0.005 | 3 | 400 | 600 | 1.2e+15 | 400 | worse by 0.146 ⚠ below the floor |" in md
     sentence = result["statements"][0]
-    assert "knn top1: data2vec 2.0's best 0.41 ± 0.005 is worse than the random_init floor (0.556), speed-up over mae " \
-           "inconclusive (below the floor:" in sentence
+    assert "knn top1: data2vec 2.0's best 0.41 ± 0.005 is worse than the random_init floor (0.556), not better than " \
+           "the raw_input floor (0.5): not a result for this protocol yet, speed-up over mae inconclusive (below the " \
+           "floor:" in sentence
+    # linear: 0.70 is above raw_input (0.35), so no such clause
+    assert "linear top1: data2vec 2.0's best 0.7" in sentence and sentence.count("raw_input floor") == 1
     assert "finetune accuracy: data2vec 2.0's best 0.8 is better than the scratch floor (0.5), speed-up over mae " \
            "inconclusive (one seed: spread unknown" in sentence
     assert not any("speedup" in k for k in headline_metrics(result["groups"]))
