@@ -33,9 +33,12 @@ setup: apt venv dvc-env dagster-home
 # A repo-local Dagster instance, so runs persist between commands and the UI shows them; its dagster.yaml is
 # assets/dagster.yaml (concurrency pools), copied again when that file changes.
 dagster-home: $(DAGSTER_HOME)/dagster.yaml
-$(DAGSTER_HOME)/dagster.yaml: assets/dagster.yaml
+# The storage is created here, once: a daemon and a webserver started together on a fresh instance race to create
+# it (a duplicated alembic version row, and then the code location fails to load).
+$(DAGSTER_HOME)/dagster.yaml: assets/dagster.yaml | venv
 	mkdir -p $(DAGSTER_HOME)
 	cp assets/dagster.yaml $@
+	$(VENV)/bin/dagster instance migrate > /dev/null
 
 # Debian packages that carry the embedded default data and the speech synthesizers; chromium for the UI's browser test.
 apt:
