@@ -13,25 +13,18 @@ from types import SimpleNamespace
 
 import pytest
 
-from helpers import write_params
+from helpers import tiny_image_shards
 from pipeline.errors import TrainingStopped, UserInputError
 
 
 @pytest.fixture(scope="module")
 def image_workdir(tmp_path_factory):
     """params.yaml and tiny Fashion-MNIST shards (16 training images in two shards)."""
-    from pipeline.config import Shard
-    from pipeline.data.prepare import prepare
-    from pipeline.data.shard import shard
-
     root = tmp_path_factory.mktemp("launch")
     params = {"seed": 0, "image": {"prepare": {"train_limit": 16, "test_limit": 8}, "shard": {"max_samples_per_shard": 8}},
               "pretrain": {"image": {"preset": "tiny", "batch_size": 4, "max_updates": 4, "warmup_updates": 1,
                                      "checkpoint_every": 1, "log_every": 1}}}
-    write_params(root / "params.yaml", params)
-    prepare("image", params, root / "data" / "raw" / "image", progress=False)
-    shard("image", root / "data" / "raw" / "image", root / "data" / "shards" / "image", Shard(max_samples_per_shard=8),
-          progress=False)
+    tiny_image_shards(root, params)
     return root
 
 
