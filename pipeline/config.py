@@ -25,7 +25,24 @@ T = TypeVar("T")
 Layer = tuple[str, Mapping[str, Any] | None]  # (where the values come from, for errors; the values)
 
 
-def load(path: Path | str = DEFAULT_PARAMS) -> dict[str, Any]:
+class Params(dict):
+    """The sections of a params file (a dict), remembering the file they were read from (`path`), so every error
+    about them names the file the user passed (--params), not the default params.yaml."""
+
+    def __init__(self, values: Mapping[str, Any], path: Path) -> None:
+        super().__init__(values)
+        self.path = path
+
+
+def source(params: Mapping[str, Any]) -> str:
+    """The params file `params` was read from, as errors name it: the path `load` read, else params.yaml (a plain
+    dict, as tests and the Dagster config build them)."""
+    return str(getattr(params, "path", DEFAULT_PARAMS))
+
+
+def load(path: Path | str = DEFAULT_PARAMS) -> Params:
+    """The params file at `path` as a Params (a dict of sections). Raises UserInputError naming `path` when it is
+    missing or unreadable, not valid YAML (with the line) or not a mapping."""
     path = Path(path)
     if not path.exists():
         raise UserInputError(f"{path}: params file not found; run from the repository root or pass --params PATH")
@@ -36,14 +53,21 @@ def load(path: Path | str = DEFAULT_PARAMS) -> dict[str, Any]:
         where = getattr(e, "problem_mark", None)
         line = f" (line {where.line + 1})" if where is not None else ""
         raise UserInputError(f"{path}: not valid YAML{line}: {getattr(e, 'problem', None) or e}; fix the file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserInputError(f"{path}: cannot read the params file ({e.__class__.__name__}: "
+                             f"{getattr(e, 'strerror', None) or e}); pass --params with a readable YAML file") from None
     if not isinstance(params, dict):
         raise UserInputError(f"{path}: expected a mapping of sections (seed, benchmark, pretrain, ...), got "
                              f"{type(params).__name__}; fix the file")
-    return params
+    return Params(params, path)
 
 
-def seed(params: dict[str, Any]) -> int:
-    return int(params.get("seed", 0))
+def seed(params: Mapping[str, Any]) -> int:
+    """params `seed` (default 0). Raises UserInputError naming the file when it is not a whole number."""
+    value = params.get("seed", 0)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UserInputError(f"{source(params)} seed: {value!r} must be a whole number")
+    return value
 
 
 def merge(base: T | type[T], *layers: Layer, inline: str | None = None) -> T:
@@ -54,8 +78,9 @@ def merge(base: T | type[T], *layers: Layer, inline: str | None = None) -> T:
     A value for a field that is itself a dataclass (a section) is a mapping merged key by key into that section.
     `inline` names a section whose keys may also be given at the top level of a layer, so params.yaml keeps one
     flat block per modality. Lists become tuples where the field is a tuple.
-    Raises UserInputError naming the source and the known keys for an unknown key, and naming the missing keys
-    when a field without a default gets no value.
+    Raises UserInputError naming the source: for a layer that is not a mapping, an unknown key (with the known
+    keys), a value of the wrong type (a number, text, true/false or list where the field's type says so) and the
+    missing keys when a field without a default gets no value.
     """
     cls = base if isinstance(base, type) else type(base)
     hints = typing.get_type_hints(cls)
@@ -67,6 +92,9 @@ def merge(base: T | type[T], *layers: Layer, inline: str | None = None) -> T:
         routed = {f.name for f in dataclasses.fields(_section_type(hints[inline]))} - known
         known = {name for name in names if _section_type(hints[name]) is None} | routed
     for source, layer in layers:
+        if layer is not None and not isinstance(layer, Mapping):
+            raise UserInputError(f"{source}: expected a mapping of keys ({', '.join(sorted(known))}), got "
+                                 f"{type(layer).__name__} {layer!r}")
         layer = dict(layer or {})
         unknown = sorted(set(layer) - known)
         if unknown:
@@ -76,11 +104,12 @@ def merge(base: T | type[T], *layers: Layer, inline: str | None = None) -> T:
             layer[inline] = inlined
         for key, value in layer.items():
             section = _section_type(hints[key])
-            if section is not None and isinstance(value, Mapping):
+            if section is not None and value is not None:  # a section: a mapping merged key by key
                 current = values.get(key)
                 where = source if key == inline else f"{source}.{key}"
                 values[key] = merge(section if current is None else current, (where, value))
             else:
+                _check_type(f"{source}.{key}", value, hints[key])
                 values[key] = tuple(value) if isinstance(value, list) and _is_tuple(hints[key]) else value
     missing = sorted(f.name for f in dataclasses.fields(cls) if f.name not in values
                      and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
@@ -97,6 +126,51 @@ def _optional_args(hint: Any) -> tuple[Any, ...]:
     return (hint,)
 
 
+# What a value of each checked type must be, as errors say it; other types (Any, Literal...) are not checked.
+_EXPECTED = {bool: "true or false", int: "a whole number", float: "a number", str: "text", tuple: "a list",
+             dict: "a mapping", type(None): "null"}
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    kind = typing.get_origin(hint) or hint
+    if kind not in _EXPECTED:
+        return True
+    if kind in (int, float) and isinstance(value, bool):  # YAML true is a bool, and bool an int subclass
+        return False
+    if not isinstance(value, {float: (int, float), tuple: (list, tuple), dict: Mapping}.get(kind, kind)):
+        return False
+    items = typing.get_args(hint) if kind is tuple else ()
+    if len(items) == 2 and items[1] is Ellipsis:  # tuple[X, ...]: any length
+        items = (items[0],) * len(value)
+    return not items or len(items) == len(value) and all(_fits(v, t) for v, t in zip(value, items))
+
+
+def _describe(hint: Any) -> str:
+    """What a value of type `hint` must be, in words: "a list of 2 numbers" for tuple[float, float]."""
+    kind = typing.get_origin(hint) or hint
+    items = typing.get_args(hint) if kind is tuple else ()
+    if not items or len(set(items) - {Ellipsis}) != 1:
+        return _EXPECTED.get(kind, str(hint))
+    count = "" if items[-1] is Ellipsis else f"{len(items)} "
+    return f"a list of {count}{_EXPECTED.get(items[0], str(items[0])).removeprefix('a ')}s"
+
+
+def _check_type(where: str, value: Any, hint: Any) -> None:
+    """Raise UserInputError naming `where` when `value` fits none of the types `hint` allows."""
+    allowed = _optional_args(hint)
+    if any(_fits(value, t) for t in allowed):
+        return
+    expected = " or ".join(_describe(t) for t in allowed)
+    hint_yaml = ""
+    if isinstance(value, str) and any(t in (int, float) for t in allowed):
+        try:
+            float(value)
+            hint_yaml = f" (YAML reads {value} as text: write a number with a dot and a signed exponent, e.g. 1.0e-3)"
+        except ValueError:
+            pass
+    raise UserInputError(f"{where}: {value!r} must be {expected}{hint_yaml}")
+
+
 def _section_type(hint: Any) -> type | None:
     return next((t for t in _optional_args(hint) if dataclasses.is_dataclass(t)), None)
 
@@ -106,12 +180,23 @@ def _is_tuple(hint: Any) -> bool:
 
 
 def section(params: dict[str, Any], cls: type[T], *keys: str) -> T:
-    """Dataclass `cls` from params.yaml params[keys[0]][keys[1]]...: missing keys take the defaults, unknown
-    keys are an error."""
+    """Dataclass `cls` from the params file's params[keys[0]][keys[1]]...: missing keys take the defaults, unknown
+    keys and wrong types are errors naming the file (`source`)."""
+    return merge(cls, (f"{source(params)} {'.'.join(keys)}", subtree(params, *keys)))
+
+
+def subtree(params: Mapping[str, Any], *keys: str) -> Mapping[str, Any]:
+    """params[keys[0]][keys[1]]..., {} where a key is missing or null. Raises UserInputError naming the file
+    (`source`) and the place when a node on the way is not a mapping."""
     node: Any = params
-    for key in keys:
-        node = (node or {}).get(key, {})
-    return merge(cls, (f"params.yaml {'.'.join(keys)}", node))
+    for depth in range(len(keys) + 1):
+        if node is None:
+            return {}
+        if not isinstance(node, Mapping):
+            raise UserInputError(f"{source(params)} {'.'.join(keys[:depth])}: expected a mapping of keys, got "
+                                 f"{type(node).__name__} {node!r}")
+        node = node.get(keys[depth]) if depth < len(keys) else node
+    return node
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -226,15 +311,19 @@ def benchmark(params: dict[str, Any] | None = None) -> dict[str, Benchmark]:
     Raises UserInputError for a missing block, an unknown key or value."""
     params = load() if params is None else params
     if not params.get("benchmark"):
-        raise UserInputError("params.yaml: no `benchmark` block (benchmark.<modality>.methods, .task); see the "
+        raise UserInputError(f"{source(params)}: no `benchmark` block (benchmark.<modality>.methods, .task); see the "
                              "repository's params.yaml")
     node = params["benchmark"]
+    if not isinstance(node, Mapping):
+        raise UserInputError(f"{source(params)} benchmark: expected a mapping (scale, scales, <modality>), got "
+                             f"{type(node).__name__}")
     unknown = sorted(set(node) - set(MODALITIES) - set(SCALE_KEYS))
     if unknown:
-        raise UserInputError(f"params.yaml benchmark: unknown key(s) {unknown}; known: {[*SCALE_KEYS, *MODALITIES]}")
-    runs = {m: merge(Benchmark, (f"params.yaml benchmark.{m}", node[m])) for m in MODALITIES if m in node}
+        raise UserInputError(f"{source(params)} benchmark: unknown key(s) {unknown}; known: "
+                             f"{[*SCALE_KEYS, *MODALITIES]}")
+    runs = {m: merge(Benchmark, (f"{source(params)} benchmark.{m}", node[m])) for m in MODALITIES if m in node}
     for m, run in runs.items():
-        where = f"params.yaml benchmark.{m}"
+        where = f"{source(params)} benchmark.{m}"
         _choices(f"{where}.probes", run.probes, PROBES)
         _choices(f"{where}.pooling", (run.pooling,), POOLINGS)
         _choices(f"{where}.finetune", (run.finetune,), FINETUNE)
@@ -253,11 +342,14 @@ def benchmark_scale(params: dict[str, Any] | None = None) -> Scale:
     fraction outside (0, 1], a non-positive budget, or a method the benchmark does not run."""
     params = load() if params is None else params
     node = params.get("benchmark") or {}
-    scales = node.get("scales") or {}
-    name = node.get("scale")
-    if name not in scales:
-        raise UserInputError(f"params.yaml benchmark.scale: {name!r} is not one of benchmark.scales {sorted(scales)}")
-    where = f"params.yaml benchmark.scales.{name}"
+    scales = node.get("scales") or {} if isinstance(node, Mapping) else {}
+    name = node.get("scale") if isinstance(node, Mapping) else None
+    if not isinstance(scales, Mapping) or name not in scales:
+        raise UserInputError(f"{source(params)} benchmark.scale: {name!r} is not one of benchmark.scales "
+                             f"{sorted(scales) if isinstance(scales, Mapping) else scales!r}")
+    where = f"{source(params)} benchmark.scales.{name}"
+    if not isinstance(scales[name] or {}, Mapping):
+        raise UserInputError(f"{where}: expected a mapping (seeds, budget_fractions, ...), got {scales[name]!r}")
     block = dict(scales[name] or {})
     sizes = block.pop("probe_sizes", None)
     if not isinstance(sizes, dict) or not sizes or set(sizes) - set(MODALITIES):
@@ -293,7 +385,7 @@ def benchmark_runs(params: dict[str, Any] | None, modality: str, method: str) ->
     scale = benchmark_scale(params)
     top = scale.max_updates.get(modality, {}).get(method)
     if top is None:
-        raise UserInputError(f"params.yaml benchmark.scales.{scale.name}.max_updates.{modality}.{method}: missing "
+        raise UserInputError(f"{source(params)} benchmark.scales.{scale.name}.max_updates.{modality}.{method}: missing "
                              f"(the benchmark's largest budget of {method} on {modality}, in updates)")
     budgets = sorted({max(1, round(f * top)) for f in scale.budget_fractions})
     return [Run(seed, updates, f"s{seed}-u{updates}") for seed in sorted(set(scale.seeds)) for updates in budgets]

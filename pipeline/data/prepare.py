@@ -76,9 +76,11 @@ def prepare_image(cfg: ImagePrepare, out: Path) -> dict[str, Any]:
     return {"counts": counts, "classes": FASHION_MNIST_CLASSES}
 
 
-def prepare_speech(cfg: SpeechPrepare, seed: int, out: Path, progress: bool = True) -> dict[str, Any]:
+def prepare_speech(cfg: SpeechPrepare, seed: int, out: Path, progress: bool = True,
+                   where: str = "params.yaml speech.prepare") -> dict[str, Any]:
+    """`where`: the params block `cfg` comes from, as errors name it."""
     if cfg.sample_rate != 16000:
-        raise UserInputError("params.yaml speech.prepare.sample_rate: only 16000 is supported (the model's rate)")
+        raise UserInputError(f"{where}.sample_rate: only 16000 is supported (the model's rate)")
     speech_synthesis.check_synthesizers()
     utterances = speech_synthesis.plan(cfg.train_utterances, cfg.valid_utterances, cfg.test_utterances, seed)
     tmp = _fresh_dir(out)
@@ -108,14 +110,15 @@ def _tsv(rows: list[tuple[str, str]]) -> str:
     return "sentence\tlabel\n" + "".join(f"{' '.join(text.split())}\t{label}\n" for text, label in rows)
 
 
-def prepare_text(cfg: TextPrepare, seed: int, out: Path) -> dict[str, Any]:
+def prepare_text(cfg: TextPrepare, seed: int, out: Path, where: str = "params.yaml text.prepare") -> dict[str, Any]:
+    """`where`: the params block `cfg` comes from, as errors name it."""
     rng = random.Random(seed)
     synsets = list(wordnet.synsets())
     order = list(range(len(synsets)))
     rng.shuffle(order)
     n_test, n_valid, n_train = cfg.lexname_test, cfg.lexname_valid, cfg.lexname_train
     if n_test + n_valid + n_train > len(order):
-        raise UserInputError(f"params.yaml text.prepare: lexname splits ask for more than the {len(order)} synsets")
+        raise UserInputError(f"{where}: lexname splits ask for more than the {len(order)} synsets")
     lex_split = {"test": order[:n_test], "valid": order[n_test : n_test + n_valid], "train": order[n_test + n_valid : n_test + n_valid + n_train]}
     held_out_synsets = set(lex_split["test"]) | set(lex_split["valid"])
 
@@ -167,8 +170,9 @@ def prepare(modality: str, params: dict[str, Any], out: Path | None = None, prog
     out = out if out is not None else paths.raw_dir(modality)
     out.parent.mkdir(parents=True, exist_ok=True)
     cfg = P.section(params, P.PREPARE[modality], modality, "prepare")
+    where = f"{P.source(params)} {modality}.prepare"
     if modality == "image":
         return prepare_image(cfg, out)
     if modality == "speech":
-        return prepare_speech(cfg, P.seed(params), out, progress)
-    return prepare_text(cfg, P.seed(params), out)
+        return prepare_speech(cfg, P.seed(params), out, progress, where)
+    return prepare_text(cfg, P.seed(params), out, where)

@@ -156,11 +156,11 @@ def build(modality: str, task: str, mode: str, params: dict[str, Any], overrides
         raise UserInputError(f"--mode must be one of {MODES}, got {mode!r}")
     if mode == "linear_probe" and modality != "image":
         raise UserInputError("--mode linear_probe is defined for images (classification on frozen features)")
-    block = dict((params.get("finetune") or {}).get(modality) or {})
-    where = f"params.yaml finetune.{modality}"
+    where = f"{P.source(params)} finetune.{modality}"
+    block = dict(P.subtree(params, "finetune", modality))
     probe = (f"{where}.linear_probe", block.pop("linear_probe", None))
     recipe = released(modality, task)
-    layers = [("params.yaml seed", {"seed": P.seed(params)}), (where, block), probe, ("command line", overrides)]
+    layers = [(f"{P.source(params)} seed", {"seed": P.seed(params)}), (where, block), probe, ("command line", overrides)]
     if mode != "linear_probe":
         P.merge(recipe, probe, inline=modality)  # a wrong key there is an error in every mode
         layers.remove(probe)

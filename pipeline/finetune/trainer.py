@@ -56,7 +56,8 @@ class Finetuner(Trainer):
         self.pool, self.carved, _ = training_pool(task, cfg.label_fraction, cfg.valid_size, cfg.seed)
         if len(self.pool) < cfg.batch_size:
             raise UserInputError(f"{len(self.pool)} labeled training samples (label fraction {cfg.label_fraction:g}) are "
-                                 f"fewer than one batch of {cfg.batch_size}; lower params.yaml finetune.{modality}.batch_size")
+                                 f"fewer than one batch of {cfg.batch_size}; lower finetune.{modality}.batch_size in the "
+                                 "params file (--params, default params.yaml)")
         self.num_classes = len(task.classes) if task.classes else None
         model_cfg = encoder_config(modality, cfg, pretrained, tokenizer_path)
         super().__init__(cfg, model_cfg, dist, out, run)

@@ -116,12 +116,13 @@ def build(modality: str, method: str, params: dict[str, Any], overrides: dict[st
     """`released(modality)`, then params.yaml `seed` and `pretrain.<modality>`, then `overrides` (the command line),
     with warmup_updates resolved from warmup_fraction when that is set. Raises UserInputError for an unknown key or
     a warmup_fraction outside [0, 1)."""
-    cfg = P.merge(released(modality), ("params.yaml seed", {"seed": P.seed(params)}),
-                  (f"params.yaml pretrain.{modality}", (params.get("pretrain") or {}).get(modality)),
+    where = f"{P.source(params)} pretrain.{modality}"
+    cfg = P.merge(released(modality), (f"{P.source(params)} seed", {"seed": P.seed(params)}),
+                  (where, P.subtree(params, "pretrain", modality)),
                   ("command line", overrides), inline=modality)
     cfg = dataclasses.replace(cfg, modality=modality, method=method)
     if cfg.warmup_fraction is not None:
         if not 0 <= cfg.warmup_fraction < 1:
-            raise UserInputError(f"params.yaml pretrain.{modality}.warmup_fraction: {cfg.warmup_fraction} must be in [0, 1)")
+            raise UserInputError(f"{where}.warmup_fraction: {cfg.warmup_fraction} must be in [0, 1)")
         cfg = dataclasses.replace(cfg, warmup_updates=max(1, round(cfg.warmup_fraction * cfg.max_updates)))
     return cfg

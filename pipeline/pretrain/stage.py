@@ -123,8 +123,9 @@ def benchmark_runs(args: argparse.Namespace, params: dict[str, Any]):
     given = [flag for flag, value in (("--max-updates", args.max_updates), ("--budget-seconds", args.budget_seconds),
                                       ("--seed", args.seed)) if value is not None]
     if given:
-        raise UserInputError(f"{' and '.join(given)}: --benchmark trains the seeds and update budgets of params.yaml "
-                             "benchmark.scales.<benchmark.scale>; change them there (or leave out --benchmark)")
+        raise UserInputError(f"{' and '.join(given)}: --benchmark trains the seeds and update budgets of "
+                             f"{P.source(params)} benchmark.scales.<benchmark.scale>; change them there (or leave out "
+                             "--benchmark)")
     return P.benchmark_runs(params, args.modality, args.method)
 
 

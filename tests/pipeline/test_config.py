@@ -213,3 +213,53 @@ def test_a_malformed_params_file_is_one_line_naming_it(tmp_path, text, message):
     (tmp_path / "bad.yaml").write_text(text)
     with pytest.raises(UserInputError, match=message):
         P.load(tmp_path / "bad.yaml")
+
+
+def test_every_params_error_names_the_file_read_not_params_yaml(tmp_path):
+    path = tmp_path / "other.yaml"
+    path.write_text("seed: 0\npretrain:\n  image: {lrr: 1}\nfinetune:\n  image: {lr: 1e-3}\n"
+                    "image:\n  shard: {max_samples_per_shard: many}\n"
+                    "benchmark: {scale: gpu, scales: {cpu: {}}, image: {methods: [mae]}}\n")
+    params = P.load(path)
+    calls = {"unknown key": lambda: pretrain_config.build("image", "mae", params),
+             "wrong type": lambda: finetune_config.build("image", "fashion_mnist", "finetune", params),
+             "section": lambda: P.section(params, P.Shard, "image", "shard"),
+             "benchmark": lambda: P.benchmark(params),
+             "scale": lambda: P.benchmark_scale(params)}
+    for what, call in calls.items():
+        with pytest.raises(UserInputError) as e:
+            call()
+        assert str(e.value).startswith(f"{path} "), (what, str(e.value))
+    assert "params.yaml" not in str(e.value)
+
+
+def test_cli_names_the_params_file_passed(tmp_path, capsys):
+    from pipeline import cli
+
+    path = tmp_path / "other.yaml"
+    path.write_text("image:\n  prepare: {train_limit: ten}\n")
+    assert cli.main(["prepare", "--modality", "image", "--out", str(tmp_path / "raw"), "--params", str(path)]) == 2
+    assert f"{path} image.prepare.train_limit: 'ten' must be a whole number or null" in capsys.readouterr().err
+    assert not (tmp_path / "raw").exists()
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"lr": "1e-3"}, r"x.lr: '1e-3' must be a number \(YAML reads 1e-3 as text: write .* 1.0e-3\)"),
+    ({"lr": True}, r"x.lr: True must be a number$"),
+    ({"lr": 1, "betas": [0.9]}, r"x.betas: \[0.9\] must be a list of 2 numbers$"),
+    ({"lr": 1, "limit": 2.5}, r"x.limit: 2.5 must be a whole number or null$"),
+    ({"lr": 1, "shape": [1, "2"]}, r"x.shape: \[1, '2'\] must be a list of whole numbers or null$"),
+    ({"lr": 1, "image": 3}, r"x.image: expected a mapping of keys \(scale, size\), got int 3$"),
+])
+def test_a_value_of_the_wrong_type_is_refused_with_its_place(values, message):
+    with pytest.raises(UserInputError, match=message):
+        P.merge(Config, ("x", values))
+
+
+def test_a_block_that_is_not_a_mapping_is_refused_with_its_place():
+    with pytest.raises(UserInputError, match=r"^params.yaml pretrain.image: expected a mapping of keys, got int 5$"):
+        pretrain_config.build("image", "mae", {"pretrain": {"image": 5}})
+    with pytest.raises(UserInputError, match=r"^params.yaml finetune: expected a mapping of keys, got list"):
+        finetune_config.build("image", "t", "finetune", {"finetune": ["image"]})
+    with pytest.raises(UserInputError, match=r"^params.yaml seed: 'one' must be a whole number$"):
+        P.seed({"seed": "one"})
