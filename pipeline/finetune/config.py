@@ -87,7 +87,7 @@ class FinetuneConfig:
     weight_decay: float
     layer_decay: float
     clip_norm: float = 0.0  # 0 = no clipping
-    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp16 | fp32
+    precision: str = "auto"  # auto (bf16 on GPU and on a CPU with native bf16, else fp32) | bf16 | fp16 | fp32
     # regularization pushed into the encoder config (None = keep the pretrained / preset value)
     drop_path: float | None
     dropout: float | None  # attention output projection and post-MLP dropout

@@ -64,7 +64,7 @@ class PretrainConfig:
     eps: float
     weight_decay: float
     clip_norm: float  # 0 = no clipping
-    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp16 (GPU, with a grad scaler) | fp32
+    precision: str = "auto"  # auto (bf16 on GPU and on a CPU with native bf16, else fp32) | bf16 | fp16 (GPU, with a grad scaler) | fp32
     # torch.compile the model (its forward has no host syncs or per-update Python numbers: one graph, no
     # recompiles); compiling takes tens of seconds on a CPU (what it gives: docs/performance.md)
     compile: bool = False

@@ -37,7 +37,7 @@ from pipeline.train.distributed import Dist
 from pipeline.train.launch import RunOptions
 from pipeline.train.loader import default_workers, make_loader, updates
 from pipeline.train.log import TrainLog
-from pipeline.train.optim import autocast_dtype, lr_factor, param_groups
+from pipeline.train.optim import autocast_dtype, lr_factor, param_groups, resolve_precision
 
 
 def seed_rank(seed: int, rank: int) -> None:
@@ -90,6 +90,7 @@ class Trainer:
             self.model.compile()
         self.dataset = self.build_data()
         self.dtype = autocast_dtype(cfg.precision, self.device)
+        self.precision, self.precision_reason = resolve_precision(cfg.precision, self.device)
         self.optimizer = torch.optim.AdamW(self.param_groups(), lr=self.lr, betas=cfg.betas, eps=cfg.eps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_lambda())
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype is torch.float16)
@@ -226,6 +227,7 @@ class Trainer:
         if self.dist.is_main:
             (self.out / "config.json").write_text(json.dumps(self.resolved, indent=2) + "\n")
         self.log.info(self.describe())
+        self.log.info(f"precision {self.precision} ({self.precision_reason})")
         workers = self.run.workers if self.run.workers is not None else default_workers(self.dist.world_size)
         loader = make_loader(self.dataset, self.cfg, self.dist.rank, self.dist.world_size, self.state["update"],
                              self.stop_update(), workers)

@@ -158,7 +158,7 @@ def test_uneven_shards_on_two_ranks_finish(image_workdir):
 def test_throughput_command_keeps_one_record_per_setup(image_workdir):
     out = image_workdir / "throughput.json"
     command = [sys.executable, "-m", "pipeline", "throughput", "--modality", "image", "--steps", "2", "--warmup", "1",
-               "--loader-batches", "3", "--workers", "0", "--out", str(out)]
+               "--loader-batches", "3", "--workers", "0", "--precision", "fp32", "--out", str(out)]
     run(command + ["--method", "data2vec2", "mae"], cwd=image_workdir)
     first = json.loads(out.read_text())
     assert [r["method"] for r in first] == ["data2vec2", "mae"]

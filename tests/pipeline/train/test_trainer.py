@@ -218,3 +218,20 @@ def test_compile_option_compiles_the_model_in_place(world):
     assert list(compiled.model.state_dict()) == list(plain.model.state_dict())  # the same names in checkpoints
     batches = plain.first_update()
     assert compiled.step_flops(batches) == plain.step_flops(batches) > 0  # counted eagerly, no compilation
+
+
+def test_precision_auto_follows_the_hardware(monkeypatch):
+    """auto: bf16 on a GPU; on a CPU bf16 only with native bf16 instructions (a rule, not a start-up timing)."""
+    from pipeline.train import optim
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(optim, "cpu_has_native_bf16", lambda: True)
+    assert optim.resolve_precision("auto", cpu)[0] == "bf16" and optim.autocast_dtype("auto", cpu) is torch.bfloat16
+    monkeypatch.setattr(optim, "cpu_has_native_bf16", lambda: False)
+    assert optim.resolve_precision("auto", cpu)[0] == "fp32" and optim.autocast_dtype("auto", cpu) is None
+    assert optim.resolve_precision("auto", gpu)[0] == "bf16"
+    assert optim.autocast_dtype("bf16", cpu) is torch.bfloat16 and optim.autocast_dtype("fp32", gpu) is None
+    with pytest.raises(UserInputError, match="fp16 needs a GPU"):
+        optim.resolve_precision("fp16", cpu)
+    with pytest.raises(UserInputError, match="must be auto, bf16, fp16 or fp32"):
+        optim.resolve_precision("half", cpu)
