@@ -23,7 +23,8 @@ Output: <out>/records.json (default out: models/<M>/<X>/probe), one record per (
 reports/metrics.json schema: modality, method, preset, seed, pretrain_updates, pretrain_samples,
 pretrain_seconds, pretrain_flops, device, world_size (the pretraining run's, copied from runs.json; floors:
 no pretraining, so 0 and null, and raw_input has no seed), protocol, task, metric, value, split ("test"),
-git_commit and dvc_stage_hash (null: the report stage fills them in), layer, pooling, selected, counts, source
+git_commit and dvc_stage_hash (null: the report stage fills them in), layer, pooling, selected, valid_value (the
+selected setting's score on the validation split), counts, source
 (the run's name, s<seed> or raw) and checkpoint. One process, CPU; the same inputs give the same values.
 """
 from __future__ import annotations

@@ -264,7 +264,9 @@ def ctc_probe(train, valid, test, decode: Callable[[list[int]], str], vocab_size
 
 def records(result: Mapping[str, Any], **fields: Any) -> list[dict[str, Any]]:
     """One reports/metrics.json record per metric of a probe result; `fields` adds the rest of the schema
-    (modality, method, seed, pretrain_updates, task, ...). The selection and counts ride along."""
+    (modality, method, seed, pretrain_updates, task, ...). The selection and counts ride along, and valid_value: the
+    same metric on the validation split for the selected setting (what selection saw; None where not measured)."""
+    valid = result.get("valid_metrics") or {}
     return [{**fields, "protocol": result["protocol"], "metric": name, "value": value, "split": result["split"],
-             "selected": dict(result["selected"]), "counts": dict(result["counts"])}
+             "valid_value": valid.get(name), "selected": dict(result["selected"]), "counts": dict(result["counts"])}
             for name, value in result["metrics"].items()]

@@ -152,5 +152,6 @@ def test_records_follow_the_metrics_schema(separable):
     rows = records(result, modality="image", method="data2vec2", seed=0, pretrain_updates=100, task="fashion_mnist")
     assert rows == [{"modality": "image", "method": "data2vec2", "seed": 0, "pretrain_updates": 100,
                      "task": "fashion_mnist", "protocol": "linear", "metric": "top1",
-                     "value": result["metrics"]["top1"], "split": "test", "selected": {"l2": 1e-2, "refit": False},
+                     "value": result["metrics"]["top1"], "split": "test", "valid_value": result["valid_metrics"]["top1"],
+                     "selected": {"l2": 1e-2, "refit": False},
                      "counts": {"train": 240, "valid": 80, "test": 160, "principal_axes": 16}}]
