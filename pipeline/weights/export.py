@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.weights.load import CONFIG_FILE, EXPORT_FORMAT, EXPORT_VERSION, WEIGHTS_FILE, model_from_checkpoint
+from pipeline.weights.load import (CONFIG_FILE, EXPORT_FORMAT, EXPORT_VERSION, WEIGHTS_FILE, load_checkpoint,
+                                   model_from_checkpoint)
 
 
 def project_version() -> str:
@@ -25,14 +26,14 @@ def project_version() -> str:
 
 def export_encoder(checkpoint_path: Path, out: Path, teacher: bool = False) -> dict[str, Any]:
     """Write out/model.safetensors and out/config.json (atomically) for the student's (or, `teacher`, the EMA
-    teacher's) encoder of a pretraining checkpoint. Returns the stage summary. Raises UserInputError for a file
-    that is not a pretraining checkpoint, or `teacher` for a model without one."""
+    teacher's) encoder of a pretraining checkpoint. Returns the stage summary. Raises UserInputError for a missing
+    or unloadable file (naming what writes a pretraining checkpoint), a file that is not a pretraining checkpoint,
+    or `teacher` for a model without one."""
     from safetensors.torch import save
 
     from pipeline.io import atomic_write_bytes, atomic_write_json, files_digest, git_state
-    from pipeline.train import checkpoint
 
-    ckpt = checkpoint.load(checkpoint_path)
+    ckpt = load_checkpoint(checkpoint_path)
     model = model_from_checkpoint(ckpt, checkpoint_path, teacher)
     model.remove_pretraining_modules()
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}

@@ -18,6 +18,10 @@ import torch
 
 from pipeline.errors import UserInputError
 
+# What writes a pretraining checkpoint: the fix an error about a missing or unusable one names
+WRITERS = ("write one with `python -m pipeline pretrain --modality M` (models/M/<method>/pretrain/last.pt; with "
+           "--benchmark, .../pretrain/s<seed>-u<updates>/last.pt) or `python -m pipeline import-fairseq FILE.pt "
+           "--modality M` (models/M/fairseq/import/imported.pt)")
 EXPORT_FORMAT = "d2v2-encoder"
 EXPORT_VERSION = 1
 WEIGHTS_FILE, CONFIG_FILE = "model.safetensors", "config.json"
@@ -34,6 +38,28 @@ def teacher_into_student(model) -> None:
         for name, tensor in model.teacher.state_dict().items():
             target = model.get_parameter(name) if name in dict(model.named_parameters()) else model.get_buffer(name)
             target.copy_(tensor)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint dict at `path` (pipeline/train/checkpoint.py `load`: weights only). Raises UserInputError
+    naming the file and the fix (WRITERS: what writes a pretraining checkpoint) for a missing path, a folder (its
+    last.pt or imported.pt named when it holds one) or a file that does not load."""
+    from pipeline.train import checkpoint
+
+    path = Path(path)
+    if path.is_dir():
+        inside = [path / name for name in ("last.pt", "imported.pt") if (path / name).is_file()]
+        raise UserInputError(f"{path}: a folder, not a checkpoint file; pass "
+                             + (f"{inside[0]}" if inside else f"a pretraining checkpoint file, or {WRITERS}"))
+    if not path.exists():
+        raise UserInputError(f"{path}: checkpoint not found; {WRITERS}")
+    try:
+        return checkpoint.load(path)
+    except UserInputError as e:  # a file that does not load: what failed (torch's first line), and the fix
+        cause = e.__context__ or e
+        first = (str(cause).strip().splitlines() or [""])[0]
+        raise UserInputError(f"{path}: not a loadable checkpoint ({type(cause).__name__}: {first}); pass another "
+                             f"or {WRITERS}") from None
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], path: Path, teacher: bool = False):
@@ -61,9 +87,8 @@ def init_config(path: Path, modality: str, method: str, tokenizer_path: Path | N
     Raises UserInputError otherwise."""
     from model.build import config_from_dict
     from pipeline.finetune.model import check_tokenizer, text_vocab_mismatch
-    from pipeline.train import checkpoint
 
-    ckpt = checkpoint.load(path)
+    ckpt = load_checkpoint(path)
     try:
         cfg = config_from_dict(ckpt["config"]["model"])
     except (KeyError, TypeError):
@@ -90,9 +115,7 @@ def load_encoder(path: str | Path, teacher: bool = False, device: str | torch.de
         if teacher and json.loads((path / CONFIG_FILE).read_text())["weights"] != "teacher":
             raise UserInputError(f"{path}: this export holds the student; export the checkpoint with --teacher")
     else:
-        from pipeline.train import checkpoint
-
-        model = model_from_checkpoint(checkpoint.load(path), path, teacher)
+        model = model_from_checkpoint(load_checkpoint(path), path, teacher)
     model.remove_pretraining_modules()
     return model.to(device).eval()
 

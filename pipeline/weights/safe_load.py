@@ -148,8 +148,11 @@ def check_archive(path: Path) -> None:
     """Refuse what is not a torch zip checkpoint (torch >= 1.6), before anything is unpickled: a missing or
     truncated file, a legacy (pre-1.6) pickle, a TorchScript archive (torch.load would hand it to torch.jit.load).
     Raises UserInputError naming the file."""
+    if path.is_dir():
+        raise UserInputError(f"{path}: a folder, not a checkpoint file; pass the .pt file")
     if not path.is_file():
-        raise UserInputError(f"{path}: checkpoint not found")
+        raise UserInputError(f"{path}: checkpoint not found; pass the path of a downloaded fairseq data2vec 2.0 "
+                             "pretraining checkpoint (.pt; fairseq's examples/data2vec README links the released ones)")
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()

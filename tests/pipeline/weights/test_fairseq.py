@@ -332,6 +332,30 @@ def test_cli_import_export_load_encoder_round_trip_and_errors(tmp_path, capsys):
         assert message in err and err.count("\n") == 1
 
 
+
+def test_a_missing_or_unusable_checkpoint_names_the_file_and_the_fix(tmp_path, capsys):
+    from pipeline.weights.load import init_config
+
+    run_dir, empty, missing = tmp_path / "run", tmp_path / "empty", tmp_path / "nope.pt"
+    run_dir.mkdir()
+    empty.mkdir()
+    (run_dir / "last.pt").write_bytes(b"not a checkpoint")
+    out = ["--out", str(tmp_path / "o")]
+    cases = [(["export", str(missing), *out], f"{missing}: checkpoint not found; write one with `python -m pipeline pretrain"),
+             (["export", str(run_dir), *out], f"{run_dir}: a folder, not a checkpoint file; pass {run_dir / 'last.pt'}\n"),
+             (["export", str(empty), *out], f"{empty}: a folder, not a checkpoint file; pass a pretraining checkpoint"),
+             (["export", str(run_dir / "last.pt"), *out], "not a loadable checkpoint"),
+             (["import-fairseq", str(missing), "--modality", "image", *out],
+              f"{missing}: checkpoint not found; pass the path of a downloaded fairseq data2vec 2.0"),
+             (["import-fairseq", str(empty), "--modality", "image", *out], f"{empty}: a folder, not a checkpoint file")]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, (argv, err)
+        assert argv[0] == "import-fairseq" or "import-fairseq FILE.pt --modality M" in err or "last.pt\n" in err
+    with pytest.raises(UserInputError, match=r"nope.pt: checkpoint not found; write one with `python -m pipeline pretrain"):
+        init_config(missing, "image", "data2vec2", None)  # pretrain --init
+
 def test_finetune_and_continued_pretraining_run_on_an_imported_checkpoint(tmp_path, tiny_params):
     root = tmp_path / "work"
     root.mkdir()
