@@ -186,9 +186,11 @@ def _weights_stages(stages) -> None:
 
 def run(args: argparse.Namespace, argv: list[str]) -> dict | str | None:
     if args.stage == "pretrain":
-        from pipeline.pretrain.stage import train
+        from pipeline.pretrain.stage import preflight, train
         from pipeline.train.launch import launch, under_torchrun
 
+        if not under_torchrun():
+            preflight(args)
         if not under_torchrun() and args.nproc != 1:  # one process trains here, in a world of one
             return launch(args, argv)  # rank 0 of the workers prints the summary
         summary = train(args)

@@ -21,6 +21,10 @@ from pipeline.errors import UserInputError
 DEFAULT_PARAMS = Path("params.yaml")
 # The modalities of data2vec 2.0 (one encoder each; model/config.py names the same three for the model).
 MODALITIES = ("image", "speech", "text")
+# The pretraining methods of each modality: data2vec 2.0 and 1.0, and the modality's own baseline (model/config.py
+# METHODS and BASELINE_MODALITY say the same; here without torch, for the CLI to check --method before it starts).
+PRETRAIN_METHODS = {"image": ("data2vec2", "data2vec1", "mae"), "speech": ("data2vec2", "data2vec1", "wav2vec2"),
+                    "text": ("data2vec2", "data2vec1", "mlm")}
 T = TypeVar("T")
 Layer = tuple[str, Mapping[str, Any] | None]  # (where the values come from, for errors; the values)
 
@@ -60,6 +64,15 @@ def load(path: Path | str = DEFAULT_PARAMS) -> Params:
         raise UserInputError(f"{path}: expected a mapping of sections (seed, benchmark, pretrain, ...), got "
                              f"{type(params).__name__}; fix the file")
     return Params(params, path)
+
+
+def check_method(modality: str, method: str) -> None:
+    """Raise UserInputError, naming the methods of `modality`, when `method` does not pretrain it."""
+    if method not in PRETRAIN_METHODS[modality]:
+        other = [m for m, methods in PRETRAIN_METHODS.items() if method in methods]
+        why = f" ({method} is the {other[0]} baseline)" if len(other) == 1 else ""
+        raise UserInputError(f"--method {method}: not a pretraining method for {modality}{why}; {modality} methods: "
+                             f"{', '.join(PRETRAIN_METHODS[modality])}")
 
 
 def seed(params: Mapping[str, Any]) -> int:

@@ -20,7 +20,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import MODALITIES
+from pipeline.config import MODALITIES, PRETRAIN_METHODS
 from pipeline.data.shard_cache import LOCATION_HELP, shard_location
 from pipeline.errors import UserInputError
 from pipeline.train.launch import add_run_arguments
@@ -32,8 +32,9 @@ def default_out(modality: str, method: str) -> Path:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--modality", required=True, choices=MODALITIES)
-    p.add_argument("--method", default="data2vec2",
-                   help="data2vec2 (default), data2vec1, or the baseline of the modality: mae (image), wav2vec2 (speech), mlm (text)")
+    p.add_argument("--method", default="data2vec2", choices=list(dict.fromkeys(sum(PRETRAIN_METHODS.values(), ()))),
+                   metavar="METHOD", help="data2vec2 (default), data2vec1, or the baseline of the modality: mae "
+                   "(image), wav2vec2 (speech), mlm (text); another modality's baseline is an error (exit 2)")
     p.add_argument("--preset", help="tiny, base or large (default: params.yaml pretrain.<modality>.preset)")
     p.add_argument("--out", type=Path, help="output folder (default: models/<modality>/<method>/pretrain)")
     p.add_argument("--shards", type=shard_location, help=f"shards: {LOCATION_HELP} (default: data/shards/<modality>)")
@@ -49,14 +50,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_run_arguments(p)
 
 
+def preflight(args: argparse.Namespace) -> None:
+    """Checks that need no torch, run before training starts (before torchrun with --nproc > 1), so a wrong
+    --method for the modality or a wrong params file is one message (exit 2) instead of a failed worker."""
+    from pipeline import config as P
+
+    P.check_method(args.modality, args.method)
+    P.load(args.params)
+
+
 def build_configs(args: argparse.Namespace, params: dict[str, Any], run: dict[str, Any] | None = None):
     """The pretraining config (params.yaml, the command line, then `run`: a benchmark run's settings) and the model
     config of its preset and method; a text model takes the trained tokenizer's vocabulary (--tokenizer). Raises
     UserInputError for an unknown preset."""
     from model.presets import get_config
     from pipeline import paths
+    from pipeline import config as P
     from pipeline.pretrain import config as train_config
 
+    P.check_method(args.modality, args.method)  # also under a torchrun the user started (no preflight)
     flags = (("max_updates", args.max_updates), ("budget_seconds", args.budget_seconds), ("seed", getattr(args, "seed", None)),
              ("preset", args.preset))
     overrides = {k: v for k, v in flags if v is not None} | (run or {})

@@ -263,3 +263,9 @@ def test_a_block_that_is_not_a_mapping_is_refused_with_its_place():
         finetune_config.build("image", "t", "finetune", {"finetune": ["image"]})
     with pytest.raises(UserInputError, match=r"^params.yaml seed: 'one' must be a whole number$"):
         P.seed({"seed": "one"})
+
+
+def test_pretrain_methods_are_the_models():
+    from model.config import BASELINE_MODALITY, METHODS
+
+    assert P.PRETRAIN_METHODS == {m: tuple(x for x in METHODS if BASELINE_MODALITY.get(x, m) == m) for m in P.MODALITIES}

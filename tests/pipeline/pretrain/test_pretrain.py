@@ -299,3 +299,18 @@ def test_benchmark_budgets_come_from_params_yaml_only(image_workdir):
     result = subprocess.run(pretrain_cmd(image_workdir / "nope", "--benchmark", "--max-updates", "3"), cwd=image_workdir,
                             capture_output=True, text=True)
     assert result.returncode == 2 and "--max-updates: --benchmark trains the seeds and update budgets" in result.stderr
+
+
+@pytest.mark.parametrize("modality, method, valid", [("image", "wav2vec2", "data2vec2, data2vec1, mae"),
+                                                     ("text", "mae", "data2vec2, data2vec1, mlm")])
+def test_another_modalitys_method_is_one_line_naming_the_valid_ones(modality, method, valid, tmp_path, capsys):
+    from helpers import REPO
+    from pipeline.cli import main
+
+    # --nproc 2: refused before torchrun starts (no worker's log around the line)
+    assert main(["pretrain", "--modality", modality, "--method", method, "--nproc", "2", "--out", str(tmp_path / "x"),
+                 "--params", str(REPO / "params.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --method {method}: not a pretraining method for {modality} (")
+    assert err.endswith(f"; {modality} methods: {valid}\n") and err.count("\n") == 1
+    assert not (tmp_path / "x").exists()
