@@ -12,11 +12,16 @@ best.pt, budget-<fraction>.pt, metrics.jsonl, tb/ (TensorBoard), loss_curve.png,
 With --benchmark, every run of the benchmark's current scale (pipeline/config.py benchmark_runs: per seed, one
 complete run per update budget, each with its own warm-up and cosine decay, as each point of the paper's
 speed/accuracy figures is a separately trained model) trains in turn into `--out`/s<seed>-u<updates>/, and
-`--out`/runs.json lists them with their cost: training-loop seconds and FLOPs.
+`--out`/runs.json lists them with their cost: training-loop seconds and FLOPs. Run folders of another scale
+(s<seed>-u<updates>/ not among the current runs: an earlier scale's, which DVC keeps between runs of the stage, since
+its output persists, and would hash into it) are deleted first; everything else in `--out` stays.
 """
 from __future__ import annotations
 
 import argparse
+import re
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +127,22 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         distributed.teardown()
 
 
+# the folder of one benchmark run under --out (pipeline/config.py benchmark_runs names them)
+RUN_FOLDER = re.compile(r"s\d+-u\d+")
+
+
+def remove_stale_runs(base: Path, runs) -> list[Path]:
+    """Delete the run folders in `base` (RUN_FOLDER names) that are not among `runs`: an earlier scale's (the
+    demo's s0-u12 beside the cpu scale's s0-u480). The current runs' folders (their last.pt: resume) and every
+    other file stay. Returns the deleted folders, sorted."""
+    current = {run.name for run in runs}
+    stale = sorted(p for p in base.iterdir() if p.is_dir() and RUN_FOLDER.fullmatch(p.name)
+                   and p.name not in current) if base.is_dir() else []
+    for folder in stale:
+        shutil.rmtree(folder)
+    return stale
+
+
 # what a benchmark run overrides besides its seed and budget: the update budget is the only budget, and each
 # run is a point of its own (no budget-<f>.pt inside it)
 BENCHMARK_RUN = {"budget_seconds": None, "checkpoint_fractions": ()}
@@ -145,7 +166,8 @@ def train_benchmark(args: argparse.Namespace, params: dict[str, Any], runs, d) -
     """Train `runs` (pipeline/config.py Run) one after the other in this process group, each a complete run of
     its own in out/<run.name>/ (a finished run resumes to nothing: it is not trained again), counting each seed's
     FLOPs per update once, on a trainer that is then thrown away (the runs' RNG streams and data order stay
-    untouched). Rank 0 writes out/runs.json. Returns {"runs_json": path, "runs": the records}."""
+    untouched). Rank 0 first deletes the run folders of another scale (`remove_stale_runs`, logged) and at the end
+    writes out/runs.json. Returns {"runs_json": path, "runs": the records}."""
     from pipeline import paths
     from pipeline.io import atomic_write_json
     from pipeline.pretrain.trainer import Pretrainer
@@ -162,6 +184,12 @@ def train_benchmark(args: argparse.Namespace, params: dict[str, Any], runs, d) -
     flops: dict[int, int] = {}
     records = []
     with PipesReport.holding():  # under Dagster the runs log to the asset; the stage reports it once, below
+        stale = remove_stale_runs(base, runs) if d.is_main else []
+        if stale:
+            message = (f"pretrain --benchmark: deleted {len(stale)} run folder(s) of another scale from {base}: "
+                       f"{', '.join(p.name for p in stale)} (this scale's runs: {', '.join(r.name for r in runs)})")
+            print(message, file=sys.stderr)
+            PipesReport().log(message)
         for run in runs:
             cfg, model_cfg = build_configs(args, params, {**BENCHMARK_RUN, "seed": run.seed, "max_updates": run.updates})
             if run.seed not in flops:

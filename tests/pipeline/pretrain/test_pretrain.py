@@ -284,7 +284,10 @@ def test_benchmark_trains_each_budget_as_a_complete_run_once(image_workdir):
     assert runs[0]["flops_per_update"] > 0 and len({r["flops_per_update"] for r in runs}) == 1
 
     written = {r["name"]: (out / r["name"] / "last.pt").stat().st_mtime_ns for r in runs}
-    run(pretrain_cmd(out, "--benchmark", "--params", "bench.yaml"), cwd=image_workdir)
+    (out / "s0-u12").mkdir()  # a run of another scale (DVC keeps the folder between runs): deleted, and said so
+    (out / "s0-u12" / "last.pt").write_bytes(b"")
+    again = run(pretrain_cmd(out, "--benchmark", "--params", "bench.yaml"), cwd=image_workdir)
+    assert not (out / "s0-u12").exists() and "deleted 1 run folder(s) of another scale" in again.stderr
     assert {r["name"]: (out / r["name"] / "last.pt").stat().st_mtime_ns for r in runs} == written
     untimed = [{k: v for k, v in r.items() if k != "train_seconds"} for r in runs]
     assert [{k: v for k, v in r.items() if k != "train_seconds"} for r in json.loads((out / "runs.json").read_text())] == untimed
@@ -314,3 +317,18 @@ def test_another_modalitys_method_is_one_line_naming_the_valid_ones(modality, me
     assert err.startswith(f"error: --method {method}: not a pretraining method for {modality} (")
     assert err.endswith(f"; {modality} methods: {valid}\n") and err.count("\n") == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_remove_stale_runs_deletes_only_other_run_folders(tmp_path):
+    from pipeline.config import Run
+    from pipeline.pretrain.stage import remove_stale_runs
+
+    for name in ("s0-u12", "s1-u12", "s0-u480", "s0-u480-old", "tb"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "last.pt").write_bytes(b"x")
+    (tmp_path / "s1-u24").write_text("a file, not a run folder")
+    (tmp_path / "runs.json").write_text("[]")
+    assert remove_stale_runs(tmp_path, [Run(0, 480, "s0-u480")]) == [tmp_path / "s0-u12", tmp_path / "s1-u12"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs.json", "s0-u480", "s0-u480-old", "s1-u24", "tb"]
+    assert (tmp_path / "s0-u480" / "last.pt").read_bytes() == b"x"  # the current run resumes from it
+    assert remove_stale_runs(tmp_path / "absent", []) == []
