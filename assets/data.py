@@ -1,4 +1,4 @@
-"""Data assets per modality: `<m>/raw` -> `<m>/shards` -> `<m>/tokenizer` (text, speech), with checks.
+"""Data assets per modality: `<m>/raw` -> `<m>/shards` -> `<m>/tokenizer` (text, speech) -> `text/tokens`, with checks.
 
 Thin by design: each asset resolves its config, calls one pipeline stage in the step's process (the same
 function its DVC stage runs through the CLI), reports metadata (assets/metadata.py) and records the stage in
@@ -68,6 +68,8 @@ def build_data_assets(modality: str) -> tuple[list[dg.AssetsDefinition], list[dg
         assets_, checks_ = _tokenizer_asset(modality, shards)
         assets.append(assets_)
         checks.append(checks_)
+    if modality == "text":
+        assets.append(_tokens_asset(modality, [shards, assets[-1]]))
     return assets, checks
 
 
@@ -103,6 +105,26 @@ def _tokenizer_asset(modality: str, shards: dg.AssetsDefinition):
         return dg.AssetCheckResult(passed=not failures, metadata={"checked": len(texts), "failures": dg.MetadataValue.json(failures[:10])})
 
     return tokenizer, tokenizer_roundtrip
+
+
+def _tokens_asset(modality: str, upstream: list[dg.AssetsDefinition]) -> dg.AssetsDefinition:
+    from pipeline import paths
+
+    out = paths.tokens_dir(modality)
+
+    @dg.asset(**asset_args(f"tokenize@{modality}", [modality, "tokens"], modality, None, path=str(out)),
+              deps=upstream, kinds={"numpy"},
+              description=f"The pretraining splits as token ids, once per (shards, tokenizer): {out}/<split>.npy and "
+              f"index.json (DVC stage tokenize@{modality}).")
+    def tokens(context: dg.AssetExecutionContext, config: StageConfig, dvc: Dvc) -> dg.MaterializeResult:
+        from pipeline.data.tokens import tokenize_corpus
+
+        begin(context)
+        summary = tokenize_corpus()
+        context.log.info(f"token ids of {modality}: {summary['tokens']}")
+        return finish(context, dvc, metadata={"tokens": dg.MetadataValue.json(summary["tokens"])}, params_path=config.params_path)
+
+    return tokens
 
 
 def _texts(modality: str, count: int, split: str | None = None) -> list[str]:

@@ -1,7 +1,7 @@
-"""The asset graph, one group per modality: embedded data -> shards -> (tokenizer) -> pretraining of every method
-(every run of the benchmark scale) -> the frozen-feature probes of every method and of the floors random_init and
-raw_input, and the fine-tuning protocol per method and from scratch -> throughput; then one report over all of
-them. It is the stage graph of dvc.yaml (tests/assets/test_orchestration.py compares the two)."""
+"""The asset graph, one group per modality: embedded data -> shards -> (tokenizer, text token ids) -> pretraining
+of every method (every run of the benchmark scale) -> the frozen-feature probes of every method and of the floors
+random_init and raw_input, and the fine-tuning protocol per method and from scratch -> throughput; then one report
+over all of them. It is the stage graph of dvc.yaml (tests/assets/test_orchestration.py compares the two)."""
 import dagster as dg
 
 from assets.benchmark import build_floor_check, build_probe_asset, build_report_asset, build_throughput_asset
@@ -19,7 +19,8 @@ def modality_assets(modality: str) -> tuple[list[dg.AssetsDefinition], list[dg.A
     by_name = {a.key.path[-1]: a for a in data}
     tokenizer = [by_name["tokenizer"]] if "tokenizer" in by_name else []
     task_inputs = [by_name["shards"], *tokenizer]  # the labeled task: speech CTC letters, text tokens
-    pretrain_inputs = [by_name["shards"], *(tokenizer if modality == "text" else [])]  # speech pretrains on audio alone
+    tokens = [by_name["tokens"]] if "tokens" in by_name else []  # the text corpus as token ids
+    pretrain_inputs = [by_name["shards"], *(tokenizer if modality == "text" else []), *tokens]  # speech: audio alone
     run = benchmark()[modality]  # params.yaml benchmark.<modality>, which dvc.yaml's stage families run over
     pretrained = {m: build_pretrain_asset(modality, m, pretrain_inputs) for m in run.methods}
     probed = {m: build_probe_asset(modality, m, [*task_inputs, p]) for m, p in pretrained.items()}

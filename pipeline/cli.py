@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _data_stages(stages) -> None:
-    """prepare, shard, tokenizer: raw data -> shards -> tokenizers."""
+    """prepare, shard, tokenizer, tokenize: raw data -> shards -> tokenizers -> token ids."""
     p = stages.add_parser("prepare", help="materialize the embedded default data under data/raw/<modality>/",
                           description="Materialize the embedded default data of a modality: Fashion-MNIST (image), "
                           "espeak-ng/flite-synthesized WordNet sentences (speech), WordNet glosses + fortunes (text).")
@@ -72,6 +72,16 @@ def _data_stages(stages) -> None:
     p.add_argument("--shards", type=shard_location, help=f"shards: {LOCATION_HELP} (default: data/shards/<modality>)")
     p.add_argument("--out", type=Path, help="tokenizer.json path (default: data/tokenizers/<modality>/tokenizer.json)")
     _common(p)
+
+    p = stages.add_parser("tokenize", help="write the text corpus as token ids (what text pretraining reads)",
+                          description="Tokenize the pretraining splits (train, valid) of the text shards once: "
+                          "data/tokens/text/<split>.npy (int32, each document followed by </s>) and index.json, which "
+                          "names the shards and the tokenizer with their digests. pretrain reads them for those files, "
+                          "refuses them once either changed, and tokenizes other shards (--shards) itself.")
+    p.add_argument("--modality", required=True, choices=("text",))
+    p.add_argument("--shards", type=shard_location, help=f"shards: {LOCATION_HELP} (default: data/shards/text)")
+    p.add_argument("--tokenizer", type=Path, help="tokenizer.json (default: data/tokenizers/text/tokenizer.json)")
+    p.add_argument("--out", type=Path, help="output folder (default: data/tokens/text)")
 
 
 def _training_stages(stages) -> None:
@@ -237,6 +247,10 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict | str | None:
         from model.summary import summarize
 
         return summarize(args.modality, args.preset, args.method)
+    if args.stage == "tokenize":
+        from pipeline.data.tokens import tokenize_corpus
+
+        return tokenize_corpus(args.shards, args.tokenizer, args.out)
 
     from pipeline import config as P
 

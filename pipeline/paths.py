@@ -1,5 +1,4 @@
-"""Default locations of pipeline outputs; every one is a DVC out (dvc.yaml), never in git (the token cache is a
-plain cache, see token_cache_dir)."""
+"""Default locations of pipeline outputs; every one is a DVC out (dvc.yaml), never in git."""
 from pathlib import Path
 
 DATA = Path("data")
@@ -17,10 +16,9 @@ def tokenizer_path(modality: str) -> Path:
     return DATA / "tokenizers" / modality / "tokenizer.json"
 
 
-def token_cache_dir() -> Path:
-    """Tokenized text corpora, one file per (shards, tokenizer, split) digest (pipeline/pretrain/data.py); not a
-    DVC out: a cache any run may fill and anyone may delete."""
-    return DATA / "cache" / "tokens"
+def tokens_dir(modality: str) -> Path:
+    """The corpus as token ids, written by the `tokenize` stage (pipeline/data/tokens.py)."""
+    return DATA / "tokens" / modality
 
 
 def sweep_dir(modality: str, method: str, task: str) -> Path:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import io
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +21,10 @@ import torch.nn.functional as F
 
 from model.masking import make_mask
 from pipeline.errors import UserInputError
+from pipeline.io import files_digest
 from pipeline.data.shard_reader import IndexedShards
 from pipeline.data.speech_source import MIN_SAMPLES
+from pipeline.data.tokens import REBUILD, encode_split, read_split
 from pipeline.pretrain.config import PretrainConfig
 
 
@@ -141,59 +145,36 @@ class PretrainBatches(torch.utils.data.Dataset):
 
 
 def pack_text_blocks(shard_dir: Path, split: str, tokenizer_path: Path | None, block_size: int,
-                     cache_dir: Path | None = None) -> torch.Tensor:
-    """Tokenize every document of `split`, join them with </s> (fairseq `sample_break_mode: none`) and cut
-    the stream into blocks of `block_size`: <s> + block_size-1 tokens. Returns (num_blocks, block_size), to be
-    read only.
+                     tokens_dir: Path | None = None) -> torch.Tensor:
+    """The documents of `split` joined with </s> (fairseq `sample_break_mode: none`) and cut into blocks of
+    `block_size`: <s> + block_size-1 tokens. Returns (num_blocks, block_size), to be read only.
 
-    The token stream is computed once per (corpus, tokenizer, split) and kept in `cache_dir` (default
-    data/cache/tokens) as <digest>.npy, the digest over the shards' index.json (which holds every shard's sha256)
-    and the tokenizer file: the benchmark trains many short runs, and tokenizing the corpus takes seconds each.
-    A process also keeps the blocks of its latest calls."""
+    The token ids come from the `tokenize` stage's artifact in `tokens_dir` (default data/tokens/text,
+    pipeline/data/tokens.py) when it was computed from these shards and this tokenizer; for other shards (a user's
+    own --shards) the split is tokenized here, with a line on stderr. A stale artifact raises UserInputError. A
+    process keeps the blocks of its latest calls (pretrain --benchmark builds a dataset per run)."""
     from pipeline import paths
-    from pipeline.io import files_digest
 
     tokenizer_path = Path(tokenizer_path or paths.tokenizer_path("text"))
-    key = f"{files_digest([Path(shard_dir) / 'index.json', tokenizer_path])}-{split}"
-    return _pack_text_blocks(key, Path(shard_dir), split, tokenizer_path, block_size, Path(cache_dir or paths.token_cache_dir()))
+    tokens_dir = Path(tokens_dir or paths.tokens_dir("text"))
+    return _pack_text_blocks(Path(shard_dir), split, tokenizer_path, block_size, tokens_dir,
+                             files_digest([Path(shard_dir) / "index.json", tokenizer_path, tokens_dir / "index.json"]))
 
 
 @functools.lru_cache(maxsize=2)
-def _pack_text_blocks(key: str, shard_dir: Path, split: str, tokenizer_path: Path, block_size: int,
-                      cache_dir: Path) -> torch.Tensor:
-    stream, bos = token_stream(key, shard_dir, split, tokenizer_path, cache_dir)
+def _pack_text_blocks(shard_dir: Path, split: str, tokenizer_path: Path, block_size: int, tokens_dir: Path,
+                      digest: str) -> torch.Tensor:
+    """`digest` (of the files read) keys the process's cache, so a rebuilt input is read again."""
+    found = read_split(tokens_dir, shard_dir, tokenizer_path, split)
+    if found is None:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"tokenizing split {split!r} of {shard_dir} with {tokenizer_path} ({tokens_dir} holds no token ids "
+                  f"of them; `{REBUILD}` writes those of the default data)", file=sys.stderr)
+        found = encode_split(shard_dir, split, tokenizer_path)
+    stream, bos = found
     body = block_size - 1
     num_blocks = len(stream) // body
     if num_blocks == 0:
         raise UserInputError(f"{shard_dir}: split {split!r} has {len(stream)} tokens, fewer than one block of {block_size}")
-    tokens = torch.from_numpy(stream[: num_blocks * body].astype(np.int64)).view(num_blocks, body)
-    return torch.cat([torch.full((num_blocks, 1), bos, dtype=torch.long), tokens], dim=1)
-
-
-def token_stream(key: str, shard_dir: Path, split: str, tokenizer_path: Path, cache_dir: Path) -> tuple[np.ndarray, int]:
-    """(the documents of `split` as one int32 stream, each followed by </s>; the id of <s>): read from
-    cache_dir/<key>.npz, or tokenized and written there atomically (plain arrays, loaded without pickle)."""
-    from pipeline.io import atomic_write_bytes
-
-    path = cache_dir / f"{key}.npz"
-    if path.exists():
-        with np.load(path, allow_pickle=False) as cached:
-            return cached["stream"], int(cached["bos"])
-    from pipeline.data.tokenizer import iter_shard_texts, load
-
-    tok = load(tokenizer_path)
-    tok.no_padding()
-    tok.no_truncation()
-    bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")
-    texts = list(iter_shard_texts(shard_dir, split))
-    stream: list[int] = []
-    for start in range(0, len(texts), 4096):
-        for enc in tok.encode_batch(texts[start : start + 4096], add_special_tokens=False):
-            stream.extend(enc.ids)
-            stream.append(eos)
-    array = np.asarray(stream, dtype=np.int32)
-    buffer = io.BytesIO()
-    np.savez(buffer, stream=array, bos=np.int64(bos))
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, buffer.getvalue())
-    return array, bos
+    ids = torch.from_numpy(stream[: num_blocks * body].astype(np.int64)).view(num_blocks, body)
+    return torch.cat([torch.full((num_blocks, 1), bos, dtype=torch.long), ids], dim=1)

@@ -28,7 +28,7 @@ def test_definitions_load_with_expected_assets_and_jobs():
     dg.Definitions.validate_loadable(defs)
     keys = {"/".join(k.path) for k in defs.resolve_all_asset_keys()}
     expected = {f"{m}/{a}" for m in ("image", "speech", "text") for a in ("raw", "shards", "throughput")}
-    expected |= {"text/tokenizer", "speech/tokenizer", "benchmark_report"}
+    expected |= {"text/tokenizer", "speech/tokenizer", "text/tokens", "benchmark_report"}
     for modality, methods in PRETRAIN_METHODS.items():
         expected |= {f"{modality}/{method}_pretrained" for method in methods}
         expected |= {f"{modality}/{method}_probed" for method in (*methods, *FLOORS)}
