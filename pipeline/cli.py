@@ -103,7 +103,8 @@ def _training_stages(stages) -> None:
     from pipeline.finetune.stage import add_arguments as finetune_arguments
 
     p = stages.add_parser("finetune", help="fine-tune a pretrained (or `none`: scratch) encoder on a labeled task, then test it",
-                          description="Fine-tune under torchrun (--nproc processes; resumes from last.pt): image "
+                          description="Fine-tune in this process (--nproc 1) or under torchrun (--nproc processes); "
+                          "resumes from last.pt. Image "
                           "classification (mean-pooled patches, layer decay, drop path, label smoothing) or a linear probe "
                           "(--mode linear_probe), speech CTC on characters (frozen feature extractor, time/channel masks), "
                           "text classification from <s>. Writes models/<modality>/<method>/finetune/<task>[-<mode>][-f<fraction>]/: "
@@ -228,6 +229,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict | str | None:
 
         if not under_torchrun():
             preflight(args)
+        if not under_torchrun() and args.nproc != 1:  # one process trains here, in a world of one
             return launch(args, argv)  # rank 0 of the workers prints the summary
         summary = finetune(args)
         return summary if os.environ.get("RANK", "0") == "0" else None

@@ -1,9 +1,11 @@
 """The `finetune` stage: a pretrained encoder (or a fresh one: `--checkpoint none`, the `scratch` baseline) plus
-a task head, trained on labeled shards under torchrun + DDP, then evaluated on the task's test split.
+a task head, trained on labeled shards with DDP (a world of one, or under torchrun), then evaluated on the task's
+test split.
 
 The engine is pretraining's (pipeline/train/trainer.py) with the fine-tuning hooks (pipeline/finetune/trainer.py):
-`python -m pipeline finetune ...` outside torchrun runs itself under torchrun (pipeline/train/launch.py: a worker's
-exit status 2 or 3 and its message come back through it);
+`python -m pipeline finetune ...` trains in this process with --nproc 1 (the default), and with --nproc N outside
+torchrun runs itself under torchrun (pipeline/train/launch.py: a worker's exit status 2 or 3 and its message come
+back through it);
 global batches are a pure function of (seed, update), so 1 and N processes train on the same samples; last.pt
 resumes exactly; a NaN/Inf loss stops the run (exit 3) keeping the last good checkpoint; rank 0 shows progress
 and writes metrics.jsonl, TensorBoard events and, under Dagster Pipes, reports the summary (pipeline/train/pipes.py).
@@ -72,8 +74,8 @@ def build_config(args: argparse.Namespace, params: dict[str, Any]):
 
 
 def preflight(args: argparse.Namespace) -> None:
-    """Checks that need no torch, run before torchrun starts, so a wrong path or task is one message (exit 2)
-    instead of a failed worker."""
+    """Checks that need no torch, run before training (and torchrun) starts, so a wrong path or task is one message
+    (exit 2) instead of a failed worker."""
     from pipeline import config as P
     from pipeline import paths
     from pipeline.finetune import tasks as finetune_tasks

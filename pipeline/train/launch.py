@@ -1,8 +1,9 @@
 """How a training stage starts: the operational flags every torchrun stage shares, and the run under torchrun.
 
-`python -m pipeline pretrain|finetune ...` outside torchrun runs the same command under torchrun (`launch`: the
-elastic agent of `torchrun --standalone --nproc-per-node N` in this process); inside torchrun (LOCAL_RANK set) the
-stage trains. So 1 and N processes, one machine or many (call torchrun yourself with --nnodes/--rdzv-*), run the
+`python -m pipeline pretrain|finetune ... --nproc N` (N > 1) outside torchrun runs the same command under torchrun
+(`launch`: the elastic agent of `torchrun --standalone --nproc-per-node N` in this process); inside torchrun
+(LOCAL_RANK set), and with --nproc 1 (a world of one, pipeline/train/distributed.py), the stage trains in this
+process. So 1 and N processes, one machine or many (call torchrun yourself with --nnodes/--rdzv-*), run the
 same code.
 
 Exit statuses survive the launch: a worker that stops on bad input (UserInputError, exit 2) or a guard

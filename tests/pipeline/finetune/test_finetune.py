@@ -4,6 +4,7 @@ for every modality from a tiny pretrained checkpoint (3 pretraining updates, a f
 Whether pretraining beats scratch is not asserted here (the benchmark report shows it)."""
 import json
 import math
+import os
 import sys
 
 import numpy as np
@@ -292,3 +293,18 @@ def test_mistakes_are_one_message_before_torchrun_starts(workdir, monkeypatch, c
     assert "checkpoint not found" in capsys.readouterr().err
     assert main(["finetune", "--modality", "speech", "--checkpoint", "none", "--task", "synth", "--shards", "elsewhere"]) == 2
     assert "elsewhere/index.json: no shards" in capsys.readouterr().err
+
+
+def test_one_process_finetunes_here_and_more_under_torchrun(monkeypatch, capsys):
+    from pipeline.cli import main
+    from pipeline.finetune import stage
+    from pipeline.train import launch
+
+    launched = []
+    monkeypatch.setattr(stage, "preflight", lambda args: None)
+    monkeypatch.setattr(stage, "train", lambda args: {"trained_in": os.getpid()})
+    monkeypatch.setattr(launch, "launch", lambda args, argv: launched.append(args.nproc))
+    argv = ["finetune", "--modality", "image", "--checkpoint", "none", "--task", "fashion_mnist"]
+    assert main(argv) == 0 and launched == []  # --nproc 1 (the default): no torchrun re-exec
+    assert json.loads(capsys.readouterr().out) == {"trained_in": os.getpid()}
+    assert main([*argv, "--nproc", "2"]) == 0 and launched == [2]
