@@ -17,6 +17,12 @@ analytic  per module, from the shapes each one sees in the step (forward hooks):
 The analytic count covers the modules of the encoder (model/encoder.py), the data2vec 2.0 decoders and MAE's
 decoder; heads that multiply outside a module (wav2vec 2.0's logits, a tied LM head) are only in `counted`.
 tests/model/test_model_flops.py checks that both agree within 1% on every modality's data2vec 2.0 step.
+
+Layerdrop (speech base: 0.05) skips each main block of the student with its probability in a training step, so a
+step's count would depend on the coins of the step counted. Counts are taken with layerdrop off
+(`without_layerdrop`, which the trainer's count uses): every block runs, and the count is a function of the
+config and the batch shapes alone. It is the cost of the full model, the one fairseq's configs describe; the
+expected cost of a step is lower by the layerdrop rate times the student blocks' share (forward and backward).
 """
 from __future__ import annotations
 
@@ -62,6 +68,19 @@ CORRECTIONS = {
     aten._scaled_dot_product_flash_attention_backward: sdpa_backward_flops,
     aten._scaled_dot_product_cudnn_attention_backward: sdpa_backward_flops,
 }
+
+
+@contextlib.contextmanager
+def without_layerdrop(model: nn.Module) -> Iterator[None]:
+    """Inside the block, every module of `model` with a `layerdrop` rate (model/encoder.py Encoder) drops no block."""
+    rates = [(m, m.layerdrop) for m in model.modules() if isinstance(getattr(m, "layerdrop", None), (int, float))]
+    for module, _ in rates:
+        module.layerdrop = 0.0
+    try:
+        yield
+    finally:
+        for module, rate in rates:
+            module.layerdrop = rate
 
 
 def counter() -> FlopCounterMode:

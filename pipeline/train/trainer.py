@@ -370,15 +370,17 @@ class Trainer:
         """FLOPs of one `train_step` on this rank's `micro_batches`, summed over ranks, two ways
         (model/flops.py): {"counted": corrected FlopCounterMode total, "analytic": per-module formula
         total, "components": {component: analytic FLOPs}}. Forward and backward of everything the step runs
-        (student, EMA teacher, decoder). A pure function of the model config and the batch shapes (speech: also
-        of the utterance lengths, which set the masks).
+        (student, EMA teacher, decoder), every block included: layerdrop is off while it counts
+        (model/flops.py). A pure function of the model config and the batch shapes (speech: also of the utterance
+        lengths, which set the masks).
 
         The step is taken: weights, optimizer, schedule and RNG move on. Count on a trainer that is timed
         afterwards (the throughput stage) or thrown away (the benchmark's runs)."""
         from model import flops
 
         # eagerly even with compile: true, so both counts see every op and module call
-        with torch.compiler.set_stance("force_eager"), flops.counter() as counter, flops.analytic(self.model) as analytic:
+        with (torch.compiler.set_stance("force_eager"), flops.without_layerdrop(self.model), flops.counter() as counter,
+              flops.analytic(self.model) as analytic):
             self.train_step(micro_batches)
         names = list(analytic.components)
         totals = torch.tensor([counter.get_total_flops(), analytic.total, *analytic.components.values()],

@@ -198,6 +198,28 @@ def test_step_flops_count_the_first_update_of_the_run(world):
     assert b.step_flops(b.first_update()) == a.step_flops(a.first_update())  # same shapes, same count
 
 
+def test_step_flops_count_every_block_under_layerdrop(world):
+    """Counts are taken with layerdrop off: two counts of a model that drops blocks agree, with the full model's."""
+    from model.data2vec2 import Data2Vec2
+    from model.masking import make_mask
+    from model.presets import get_config
+
+    def counts(layerdrop: float) -> list[int]:
+        model_cfg = get_config("text", "tiny")
+        model_cfg.encoder = dataclasses.replace(model_cfg.encoder, layerdrop=layerdrop)
+
+        class TextTrainer(ToyTrainer):
+            def build_model(self):
+                return Data2Vec2(model_cfg)
+
+        trainer = TextTrainer(ToyConfig(), None, world, None)
+        batch = {"tokens": torch.randint(5, 100, (2, 24)), "mask": make_mask(model_cfg, 0, 0, [0, 1], input_length=24)}
+        return [trainer.step_flops([batch]) for _ in range(2)]
+
+    dropping = counts(0.5)
+    assert dropping[0] == dropping[1] == counts(0.0)[0] > 0
+
+
 def test_torchrun_workers_get_the_command_without_nproc():
     argv = ["pretrain", "--modality", "image", "--nproc", "2", "--nproc=3", "--out", "x"]
     assert _without_nproc(argv) == ["pretrain", "--modality", "image", "--out", "x"]
