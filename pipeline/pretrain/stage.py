@@ -207,7 +207,8 @@ def train_benchmark(args: argparse.Namespace, params: dict[str, Any], runs, d) -
 
 
 def run_record(run, out: Path, summary: dict[str, Any]) -> dict[str, Any]:
-    """One entry of runs.json: the run, where its last.pt is, and its cost."""
+    """One entry of runs.json: the run, where its last.pt is, its cost, and the precision it trained in (bf16 or
+    fp32, what `precision: auto` chose on this device)."""
     from pipeline.train.distributed import device_name
 
     effective = summary["effective_batch"]
@@ -215,4 +216,5 @@ def run_record(run, out: Path, summary: dict[str, Any]) -> dict[str, Any]:
             "modality": summary["modality"], "method": summary["method"], "preset": summary["preset"],
             "train_seconds": summary["train_seconds"], "flops_per_update": summary["flops_per_update"],
             "pretrain_flops": summary["pretrain_flops"], "samples": summary["updates"] * effective["samples_per_update"],
-            "device": device_name(summary["device"]), "world_size": summary["world_size"], "effective_batch": effective}
+            "device": device_name(summary["device"]), "precision": summary["precision"], "world_size": summary["world_size"],
+            "effective_batch": effective}

@@ -402,7 +402,7 @@ class Trainer:
     def summary(self) -> dict[str, Any]:
         return {"stop_reason": self.stop_reason, "updates": self.state["update"], "train_seconds": self.state["train_seconds"],
                 "world_size": self.dist.world_size, "device": str(self.device), "effective_batch": self.effective_batch(),
-                "tokens_per_sample": self.tokens_per_sample}
+                "tokens_per_sample": self.tokens_per_sample, "precision": self.precision}
 
     def elapsed(self) -> float:
         """Training seconds of the run so far (across resumes; time in `untimed` blocks left out)."""

@@ -18,6 +18,7 @@ from pipeline.config import Shard
 from pipeline.data.prepare import prepare
 from pipeline.data.shard import shard
 from pipeline.data.shard_reader import IndexedShards, RankBatchSampler, global_batch
+from pipeline.train.optim import resolve_precision
 
 PRETRAIN = {"preset": "tiny", "batch_size": 8, "max_updates": 6, "lr": 0.001, "warmup_updates": 2,
             "checkpoint_every": 2, "log_every": 1}
@@ -278,6 +279,7 @@ def test_benchmark_trains_each_budget_as_a_complete_run_once(image_workdir):
         assert r["samples"] == 8 * r["updates"] and r["pretrain_flops"] == r["flops_per_update"] * r["updates"]
         assert (r["preset"], r["world_size"], r["effective_batch"]["samples_per_update"]) == ("tiny", 1, 8)
         assert r["train_seconds"] > 0 and "CPU" in r["device"]
+        assert r["precision"] == resolve_precision("auto", torch.device("cpu"))[0]  # what params.yaml's auto chose here
         summary = json.loads((run_dir / "summary.json").read_text())
         assert (summary["flops_per_update"], summary["pretrain_flops"]) == (r["flops_per_update"], r["pretrain_flops"])
     # counted once per seed, on the first batch of each: the same shape gives the same count
