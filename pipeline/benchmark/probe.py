@@ -21,7 +21,7 @@ the speech tokenizer.
 
 Output: <out>/records.json (default out: models/<M>/<X>/probe), one record per (source, protocol, metric) in the
 reports/metrics.json schema: modality, method, preset, seed, pretrain_updates, pretrain_samples,
-pretrain_seconds, pretrain_flops, device, world_size (the pretraining run's, copied from runs.json; floors:
+pretrain_seconds, pretrain_flops, device, world_size, precision (the pretraining run's, copied from runs.json; floors:
 no pretraining, so 0 and null, and raw_input has no seed), protocol, task, metric, value, split ("test"),
 git_commit and dvc_stage_hash (null: the report stage fills them in), layer, pooling, selected, valid_value (the
 selected setting's score on the validation split), counts, source
@@ -99,10 +99,11 @@ def cost_fields(run: dict[str, Any] | None, preset: str | None, seed: int | None
     """The pretraining fields of a record: the run's (from runs.json), or no pretraining (a floor, scratch)."""
     if run is None:
         return {"preset": preset, "seed": seed, "pretrain_updates": 0, "pretrain_samples": 0, "pretrain_seconds": 0.0,
-                "pretrain_flops": 0, "device": None, "world_size": None}
+                "pretrain_flops": 0, "device": None, "world_size": None, "precision": None}
     return {"preset": run.get("preset", preset), "seed": run["seed"], "pretrain_updates": run["updates"],
             "pretrain_samples": run["samples"], "pretrain_seconds": run["train_seconds"],
-            "pretrain_flops": run["pretrain_flops"], "device": run.get("device"), "world_size": run.get("world_size")}
+            "pretrain_flops": run["pretrain_flops"], "device": run.get("device"), "world_size": run.get("world_size"),
+            "precision": run.get("precision")}
 
 
 def data2vec2_config(modality: str, params_path: Path, tokenizer_path: Path | None) -> tuple[str, dict[str, Any]]:

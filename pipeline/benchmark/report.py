@@ -404,18 +404,20 @@ def throughput_section(records: list[dict[str, Any]], throughput: list[dict[str,
 
 def effective_batch_section(records: list[dict[str, Any]], throughput: list[dict[str, Any]]) -> list[str]:
     """Per (modality, method): per-rank x world x accumulation x clones, from the records' effective_batch where
-    they carry it, else the samples per update and world size of the records and the clones of the throughput step."""
+    they carry it, else the samples per update and world size of the records and the clones of the throughput step;
+    and the precision the runs trained in (what `precision: auto` resolved to on their device)."""
     rows = {}
     for run in pretraining_runs(records):
         e = run.get("effective_batch") if isinstance(run.get("effective_batch"), dict) else {}
         stage = throughput_of(run, throughput) or {}
         samples = e.get("samples_per_update") or (run["pretrain_samples"] or 0) // run["pretrain_updates"] or None
         rows[(run["modality"], run["method"])] = [e.get("per_rank_micro_batch"), e.get("world_size") or run.get("world_size"),
-                                                  e.get("grad_accum"), e.get("clone_batch") or stage.get("clone_batch"), samples]
+                                                  e.get("grad_accum"), e.get("clone_batch") or stage.get("clone_batch"), samples,
+                                                  run.get("precision")]
     if not rows:
         return []
-    md = ["## Effective batch", "", "| modality | method | per-rank | world | accumulation | clones | samples/update |",
-          "|---|---|---|---|---|---|---|"]
+    md = ["## Effective batch", "", "| modality | method | per-rank | world | accumulation | clones | samples/update | precision |",
+          "|---|---|---|---|---|---|---|---|"]
     md += [f"| {m} | {x} | " + " | ".join(_num(v) for v in row) + " |" for (m, x), row in sorted(rows.items())]
     return md + ["", "samples/update = per-rank x world x accumulation; the student sees each sample `clones` times "
                  "(data2vec 2.0's clone batch), the teacher once.", ""]

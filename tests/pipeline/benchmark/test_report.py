@@ -19,7 +19,7 @@ def curve(method, means, jitter=0.005, seeds=(0, 1, 2), modality="image", protoc
     seconds, flops = COST[method]
     return [{"modality": modality, "method": method, "preset": "tiny", "seed": seed, "pretrain_updates": updates,
              "pretrain_samples": updates * BATCH, "pretrain_seconds": seconds * updates * seconds_scale,
-             "pretrain_flops": flops * updates, "device": "cpu", "world_size": 1, "protocol": protocol, "task": task,
+             "pretrain_flops": flops * updates, "device": "cpu", "world_size": 1, "precision": "bf16", "protocol": protocol, "task": task,
              "metric": metric, "value": mean + jitter * (seed - 1), "split": "test", "git_commit": "abc123def456",
              "dvc_stage_hash": "0123456789ab", "layer": None, "pooling": "mean"}
             for updates, mean in zip(UPDATES, means) for seed in seeds]
@@ -120,7 +120,8 @@ def test_report_has_every_section_and_a_self_contained_page(tmp_path):
     assert "- image/mae: 6 of 9 runs (seed 1 at 100 updates, seed 1 at 200 updates, seed 1 at 400 updates, seed 2 at " \
            "100 updates, seed 2 at 200 updates, seed 2 at 400 updates) at 0.50x the throughput stage's 100.0 samples/s" in md
     assert "image/data2vec2:" not in md
-    assert "| image | data2vec2 |  | 1 |  | 8 | 64 |" in md  # samples/update from the records, clones from throughput
+    # samples/update from the records, clones from throughput, precision from the records (the fixtures': bf16)
+    assert "| image | data2vec2 |  | 1 |  | 8 | 64 | bf16 |" in md
     assert "| image | data2vec2 | linear | 0, 1, 2 | 100, 200, 400 | 9 | `abc123def4` | `0123456789` |" in md
     assert "| image | random_init | linear | 0, 1, 2 | 0 | 3 |" in md and "| image | raw_input | linear | none | 0 | 1 |" in md
     page = (tmp_path / "benchmark.html").read_text()
