@@ -26,8 +26,6 @@ class StageConfig(dg.Config):
 def build_data_assets(modality: str) -> tuple[list[dg.AssetsDefinition], list[dg.AssetChecksDefinition]]:
     from pipeline import paths
 
-    group = modality
-
     @dg.asset(**asset_args(f"prepare@{modality}", [modality, "raw"], modality, None, path=str(paths.raw_dir(modality))),
               kinds={"python"},
               description=f"Embedded default {modality} data under data/raw/{modality}/ (DVC stage prepare@{modality}).")

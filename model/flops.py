@@ -94,8 +94,6 @@ def counter() -> FlopCounterMode:
 
 def _module_flops(module: nn.Module, x: torch.Tensor, out: torch.Tensor) -> tuple[int, int]:
     """(forward FLOPs, backward FLOPs) of one call of a Linear, a Conv or an Attention on input `x`."""
-    from model.transformer import Attention
-
     if isinstance(module, nn.Linear):
         forward = 2 * (x.numel() // module.in_features) * module.in_features * module.out_features
     elif isinstance(module, nn.modules.conv._ConvNd):

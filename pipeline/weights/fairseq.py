@@ -18,7 +18,6 @@ Three steps, each refusing what it cannot represent instead of guessing:
 from __future__ import annotations
 
 import ast
-import dataclasses
 import re
 from pathlib import Path
 from typing import Any

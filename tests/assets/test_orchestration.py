@@ -4,7 +4,6 @@ code location runs everything and leaves `dvc status` clean with the report's ha
 runs end to end, is a no-op the second time, pushes to the default remote and pulls into a fresh clone that
 regenerates the same report, runs `dvc exp run --temp`, and reproduces every score from clean model outputs."""
 import json
-import os
 import re
 import shutil
 import subprocess

@@ -196,7 +196,7 @@ def write_fairseq(path: Path, modality: str, model, half: bool = False, cfg: dic
     ema = to_fairseq_state(modality, model.teacher.state_dict(), teacher_blocks_only=blocks_only)
     if modality == "image":  # fairseq: a frozen nn.Parameter in the student and the teacher
         positions = model.context_encoder.positions.clone()
-        state[f"modality_encoders.IMAGE.fixed_positional_encoder.positions"] = positions.half() if half else positions
+        state["modality_encoders.IMAGE.fixed_positional_encoder.positions"] = positions.half() if half else positions
         ema["modality_encoders.IMAGE.fixed_positional_encoder.positions"] = positions
     state["_ema"] = ema
     with fairseq_meters_module() as AverageMeter:
