@@ -27,5 +27,7 @@ defs = dg.Definitions(
     # One step at a time within a run, for every job: a training step already uses all cores (torch threads, or
     # torchrun --nproc); two side by side oversubscribe the CPU (speech fine-tuning measured 17x slower) and skew
     # timings. Across runs, the `training` pool (assets/stage.py) does the same for the training and probe steps.
-    executor=dg.multiprocess_executor.configured({"max_concurrent": 1}),
+    # Each step is forked from a forkserver that has imported Dagster and this code location once, instead of a
+    # fresh interpreter importing them per step (~3 s each of the demo's ~60 steps, asset checks included).
+    executor=dg.multiprocess_executor.configured({"max_concurrent": 1, "start_method": {"forkserver": {}}}),
 )
