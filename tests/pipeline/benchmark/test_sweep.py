@@ -43,7 +43,8 @@ def test_the_final_run_of_each_seed_is_fine_tuned(tmp_path):
     assert [c["name"] for c in chosen] == ["s0-u4", "s1-u4"]
     assert chosen[1]["checkpoint"] == str(tmp_path / "pretrain" / "s1-u4" / "last.pt")
     assert chosen[1]["fields"] == {"preset": "tiny", "seed": 1, "pretrain_updates": 4, "pretrain_samples": 16,
-                                   "pretrain_seconds": 0.4, "pretrain_flops": 28, "device": "cpu", "world_size": 1}
+                                   "pretrain_seconds": 0.4, "pretrain_flops": 28, "device": "cpu", "world_size": 1,
+                                   "precision": None}  # the fixture's runs.json predates the field
     assert chosen[1]["effective_batch"] == {"samples_per_update": 4}
     with pytest.raises(UserInputError, match="--method mae --benchmark` first"):
         runs_to_finetune(sweep_args("--method", "mae", "--pretrain-dir", str(tmp_path / "missing")), params_with(), "t")
