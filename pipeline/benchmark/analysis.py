@@ -8,7 +8,8 @@ protocol, task, metric, split):
   curves    each method's points, one per update budget: mean and spread (sample standard deviation, 0 for one
             seed) of the score over seeds, the mean seconds and FLOPs, and whether the point lies below a floor;
   floors    mean and spread of each floor over its seeds;
-  best      each method's best point (the cheapest of equal means), the cheapest point within its spread, and
+  best      each method's best point (selected on the validation score where every point has one, else the test
+            mean; the cheapest of equal scores) with its test score, the cheapest point within its spread, and
             how far it is from the random_init floor in the metric's direction (`vs_random_init`);
   speedups  data2vec 2.0 against each baseline, in seconds and in FLOPs, or "inconclusive" and why.
 
@@ -69,6 +70,7 @@ def curve(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     for r in records:
         by_budget[int(r.get("pretrain_updates") or 0)].append(r)
     return [{"pretrain_updates": updates, **summary(r["value"] for r in rs),
+             "valid_mean": _mean(r.get("valid_value") for r in rs) if all(r.get("valid_value") is not None for r in rs) else None,
              "seeds": sorted({r.get("seed") for r in rs}, key=str),
              "seconds": _mean(r.get("pretrain_seconds") for r in rs), "flops": _mean(r.get("pretrain_flops") for r in rs)}
             for updates, rs in sorted(by_budget.items())]
@@ -90,8 +92,11 @@ class _Compare:
         return not self.above(b, a)
 
     def best(self, points: list[dict[str, Any]]) -> dict[str, Any]:
-        """The best mean; the cheapest (fewest updates) of equal means."""
-        return max(points, key=lambda p: (self.sign * p["mean"], -p["pretrain_updates"]))
+        """The budget with the best validation score (`valid_mean`) where every point has one, so the budget is
+        selected on valid and its test score only reported; else the best (test) mean. The cheapest (fewest
+        updates) of equal scores."""
+        key = "valid_mean" if all(p.get("valid_mean") is not None for p in points) else "mean"
+        return max(points, key=lambda p: (self.sign * p[key], -p["pretrain_updates"]))
 
 
 def _cost(point: Mapping[str, Any]) -> dict[str, Any]:

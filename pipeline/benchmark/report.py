@@ -277,7 +277,8 @@ def group_section(group: dict[str, Any], image: str) -> list[str]:
 def headline_section(groups: list[dict[str, Any]]) -> list[str]:
     """Per modality: every method's and floor's best score per protocol and metric, and data2vec 2.0's speed-up over
     each baseline (time and FLOPs) or why there is none."""
-    md = ["## Headline", "", "Best test score per method (mean ± spread over seeds at its best budget) and floors; "
+    md = ["## Headline", "", "Best test score per method (mean ± spread over seeds at its best budget, the budget chosen on the validation split "
+          "where the records carry valid scores) and floors; "
           "data2vec 2.0's speed-up = the baseline's cost to reach its best / data2vec 2.0's cost to reach that score, "
           "stated only above the random_init floor and beyond the seed spread.", ""]
     for modality in dict.fromkeys(g["modality"] for g in groups):

@@ -161,3 +161,18 @@ def test_a_baseline_with_one_budget_gives_no_speedup():
             + floor("scratch", 0.5, **keys))
     verdict = one(analyse(data))["speedups"]["mae"]
     assert verdict["verdict"] == "inconclusive" and verdict["reason"].startswith("one budget: mae has a single point")
+
+
+def test_the_best_budget_is_chosen_on_valid_and_its_test_score_reported():
+    """With valid scores on every point, the best budget is the best on valid (here 200 updates), whose test
+    score is reported even where another budget has a higher test score; without them, the best test mean."""
+    data = records("data2vec2", [0.80, 0.78, 0.79])
+    valid = {100: 0.70, 200: 0.75, 400: 0.74}
+    with_valid = [{**r, "valid_value": valid[r["pretrain_updates"]]} for r in data]
+    best = one(analyse(with_valid + floor("random_init", 0.5)))["best"]["data2vec2"]
+    assert best["pretrain_updates"] == 200 and best["mean"] == pytest.approx(0.78)
+    best = one(analyse(data + floor("random_init", 0.5)))["best"]["data2vec2"]
+    assert best["pretrain_updates"] == 100 and best["mean"] == pytest.approx(0.80)
+    # a curve where one seed lacks its valid score falls back to the test means
+    partial = with_valid[:-1] + [data[-1]]
+    assert one(analyse(partial + floor("random_init", 0.5)))["best"]["data2vec2"]["pretrain_updates"] == 100
