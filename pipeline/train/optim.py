@@ -37,7 +37,10 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The dtype of `torch.autocast` for params.yaml `precision` (see resolve_precision); None = fp32, no
     autocast. fp16 also needs a grad scaler (the trainer enables one). Raises UserInputError for fp16 on CPU."""
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[resolve_precision(precision, device)[0]]
+    return AUTOCAST_DTYPES[resolve_precision(precision, device)[0]]
+
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}  # a resolved precision's autocast dtype
 
 
 def no_weight_decay(name: str, param: torch.Tensor) -> bool:

@@ -37,7 +37,7 @@ from pipeline.train.distributed import Dist
 from pipeline.train.launch import RunOptions
 from pipeline.train.loader import default_workers, make_loader, updates
 from pipeline.train.log import TrainLog
-from pipeline.train.optim import autocast_dtype, lr_factor, param_groups, resolve_precision
+from pipeline.train.optim import AUTOCAST_DTYPES, lr_factor, param_groups, resolve_precision
 
 
 def seed_rank(seed: int, rank: int) -> None:
@@ -89,8 +89,8 @@ class Trainer:
             # in place (nn.Module.compile): parameter names, state_dict and the EMA teacher stay as they are
             self.model.compile()
         self.dataset = self.build_data()
-        self.dtype = autocast_dtype(cfg.precision, self.device)
         self.precision, self.precision_reason = resolve_precision(cfg.precision, self.device)
+        self.dtype = AUTOCAST_DTYPES[self.precision]
         self.optimizer = torch.optim.AdamW(self.param_groups(), lr=self.lr, betas=cfg.betas, eps=cfg.eps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_lambda())
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype is torch.float16)
