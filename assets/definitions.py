@@ -4,6 +4,7 @@ import dagster as dg
 
 from assets.dvc import Dvc
 from assets.graph import ASSETS, BY_MODALITY, CHECKS
+from assets.stage import LANES
 
 # Jobs select asset objects, not selection strings: those go through Dagster's ANTLR parser, which breaks when
 # DVC's hydra-core pins an older antlr4 runtime in the same environment (dagster-io/dagster#27487).
@@ -24,10 +25,16 @@ defs = dg.Definitions(
     asset_checks=CHECKS,
     jobs=JOBS,
     resources={"pipes_subprocess_client": dg.PipesSubprocessClient(forward_termination=True), "dvc": Dvc()},
-    # One step at a time within a run, for every job: a training step already uses all cores (torch threads, or
-    # torchrun --nproc); two side by side oversubscribe the CPU (speech fine-tuning measured 17x slower) and skew
-    # timings. Across runs, the `training` pool (assets/stage.py) does the same for the training and probe steps.
+    # LANES steps side by side within a run (run config execution.config.max_concurrent), each with its share of
+    # the cores as torch threads (assets/stage.py `begin`): a step of a tiny model gains little from a second
+    # thread, so two one-thread steps on two cores take about half the time of one two-thread step; across runs
+    # the `training` pool (assets/dagster.yaml) caps the training and probe steps at the same number. On one GPU set
+    # max_concurrent: 1 (two trainings on one device skew the seconds the benchmark compares).
     # Each step is forked from a forkserver that has imported Dagster and this code location once, instead of a
     # fresh interpreter importing them per step (~3 s each of the demo's ~60 steps, asset checks included).
-    executor=dg.multiprocess_executor.configured({"max_concurrent": 1, "start_method": {"forkserver": {}}}),
+    executor=dg.multiprocess_executor.configured(
+        lambda config: {"max_concurrent": config["max_concurrent"], "start_method": {"forkserver": {}}},
+        config_schema={"max_concurrent": dg.Field(int, default_value=LANES, description=(
+            "Steps run side by side; each gets cores / max_concurrent torch threads (0: one per core). 1 on a "
+            "single GPU."))}),
 )

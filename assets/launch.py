@@ -1,6 +1,6 @@
 """Run a job of the workspace's code location from the command line, and wait for it:
 
-    python -m assets.launch demo [-c run_config.yaml ...] [--tags '{"k": "v"}']
+    python -m assets.launch demo [-c run_config.yaml ...] [--tags '{"k": "v"}'] [-S key.path=value ...]
 
 `dagster job execute -m assets` runs a job outside any code location: the UI then lists its run under no job and
 warns on re-execution. `dagster job launch -w workspace.yaml` creates the run through the code location but only
@@ -13,12 +13,18 @@ pools apply: a training step waits while another run holds the `training` slot.
 It uses the functions behind `dagster job launch` and the run worker (`dagster._cli.job._create_run`,
 `dagster._core.execution.api.execute_run`), which are not public API: dagster is pinned (requirements.txt), and
 tests/assets/test_orchestration.py runs `make demo`'s command end to end.
+
+-S/--set-param sets a params.yaml value before the run, as `dvc exp run -S` does (the value parsed as YAML; the
+file's comments and layout kept, by ruamel.yaml's round trip) and leaves it set, so the stages read it and
+dvc.lock records what ran: `make benchmark-cpu` runs the demo job with `-S benchmark.scale=cpu`. Only keys that
+already exist can be set (a typo is an error, not a new key).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -29,7 +35,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-c", "--config", action="append", default=[], help="run config YAML (repeatable; later files win)")
     parser.add_argument("--tags", default="{}", help="run tags as a JSON object")
     parser.add_argument("-w", "--workspace", default="workspace.yaml")
+    parser.add_argument("-S", "--set-param", action="append", default=[], metavar="KEY=VALUE",
+                        help="set a params.yaml value before the run (dotted key, YAML value), like `dvc exp run -S`; repeatable")
+    parser.add_argument("--params", default="params.yaml", help="the file -S edits")
     args = parser.parse_args(argv)
+    if args.set_param:
+        try:
+            set_params(args.params, args.set_param)
+        except ValueError as error:
+            print(f"{args.params}: {error}", file=sys.stderr)
+            return 2
 
     from dagster import DagsterInstance
     from dagster._cli.job import _create_run
@@ -59,6 +74,46 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run {run.run_id} of job {args.job} in code location {location.name}")
         result = execute_run(recon_job_from_origin(run.job_code_origin), run, instance)
         return 0 if result.success else 1
+
+
+def set_params(path: str, assignments: list[str]) -> None:
+    """Apply `key.path=value` assignments to the YAML file at `path` in place (atomically), keeping its comments.
+    Raises ValueError naming the assignment when it has no `=`, its key is not in the file, or its value is not
+    YAML."""
+    import io
+
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
+    from pipeline.io import atomic_write_bytes
+
+    round_trip = YAML()
+    round_trip.preserve_quotes = True
+    round_trip.width = 4096  # keep long lines as they are
+    # null as `null` (ruamel writes an empty value), as the file spells it
+    round_trip.representer.add_representer(
+        type(None), lambda representer, _: representer.represent_scalar("tag:yaml.org,2002:null", "null"))
+    with open(path, encoding="utf-8") as handle:
+        document = round_trip.load(handle)
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        if not sep or not key:
+            raise ValueError(f"-S {assignment!r}: expected KEY=VALUE, e.g. -S benchmark.scale=cpu")
+        *parents, leaf = key.split(".")
+        node = document
+        for i, part in enumerate(parents + [leaf]):
+            if not hasattr(node, "keys") or part not in node:
+                raise ValueError(f"-S {assignment!r}: no key {'.'.join(parents[:i] + [part])!r} in the file")
+            if i < len(parents):
+                node = node[part]
+        try:
+            node[leaf] = round_trip.load(text) if text.strip() else None  # `[0]` stays a flow list
+        except YAMLError as error:
+            raise ValueError(f"-S {assignment!r}: the value is not YAML ({getattr(error, 'problem', None) or error})") from None
+        print(f"{path}: {key} = {node[leaf]!r}", file=sys.stderr)
+    buffer = io.StringIO()
+    round_trip.dump(document, buffer)
+    atomic_write_bytes(Path(path), buffer.getvalue().encode("utf-8"))
 
 
 def _deep_merge(base: dict, extra: dict) -> dict:

@@ -2,6 +2,8 @@
 version, owners, tags, pool) and its ending (the stage recorded in dvc.lock, rounded numbers, run tags)."""
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from typing import Any
 
 import dagster as dg
@@ -10,11 +12,29 @@ from assets import dvc
 from assets.metadata import rounded
 
 OWNERS = ["team:data2vec"]
+# Steps a run executes side by side: the multiprocess executor's max_concurrent (run config
+# `execution.config.max_concurrent`, this default in assets/definitions.py). Each step gets an equal share of the
+# cores as its torch threads (`step_threads`): on a 2-core machine two steps of one thread each, which finish the
+# demo's and the cpu scale's tiny models about twice as fast as one step of two threads (a tiny model's step gains
+# little from a second thread), and every measured second is a second of one core.
+LANES = 2
 # Cross-run limit on the steps that train or evaluate a model (instance dagster.yaml `concurrency.pools`, default
-# limit 1 as `make dagster-home` writes it; `dagster instance concurrency set training N` on a machine with N GPUs):
-# two CPU trainings side by side share the cores and skew the timings the benchmark compares, however they were
-# launched (a job, "Materialize all", two runs at once).
+# limit 2 = LANES as `make dagster-home` writes it): two runs at once ("Materialize all" beside a job) still train
+# at most LANES models side by side, so no step gets less than its share of the cores.
 TRAINING_POOL = "training"
+
+
+def lanes(run_config: Mapping[str, Any]) -> int:
+    """The run's max_concurrent (LANES when its run config does not set it; 0 means one per core, as Dagster's)."""
+    value = ((run_config.get("execution") or {}).get("config") or {}).get("max_concurrent", LANES)
+    return value if value and value > 0 else len(os.sched_getaffinity(0))
+
+
+def step_threads(run_config: Mapping[str, Any], cores: int | None = None) -> int:
+    """Torch/OpenMP threads for one step: the cores (this process's CPU affinity) divided by the run's lanes, at
+    least 1."""
+    cores = cores if cores is not None else len(os.sched_getaffinity(0))
+    return max(1, cores // lanes(run_config))
 
 
 def asset_args(stage: str, key: list[str], modality: str | None, method: str | None, *, pool: str | None = None,
@@ -26,9 +46,16 @@ def asset_args(stage: str, key: list[str], modality: str | None, method: str | N
 
 
 def begin(context: dg.AssetExecutionContext) -> None:
-    """Tag the run with the git commit and the params.yaml digest it ran from (every launch path: UI, CLI, CI)."""
+    """Tag the run with the git commit and the params.yaml digest it ran from (every launch path: UI, CLI, CI),
+    and give the step its share of the cores: OMP_NUM_THREADS (`step_threads`) in this step's environment, which
+    torch reads when the step imports it and the stage subprocesses inherit. An OMP_NUM_THREADS already set (by
+    the user, or torchrun's 1 per worker) is kept. Every step is its own process, so nothing leaks between steps."""
     from pipeline.io import git_state
 
+    if "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = str(step_threads(context.run.run_config))
+        context.log.info(f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} ({lanes(context.run.run_config)} steps side "
+                         f"by side on {len(os.sched_getaffinity(0))} cores)")
     context.instance.add_run_tags(context.run.run_id, {"d2v2/git_commit": git_state(), "d2v2/params_sha256": dvc.params_sha256()})
 
 
