@@ -9,7 +9,7 @@ stage runs itself under torchrun; a cancelled run terminates torchrun, which sto
   the final run of each seed of `<modality>/<method>_pretrained` fine-tuned and tested with the same recipe; for
   `scratch`, random weights, once per seed. Shows the curve and the last run's test metric with its confusion
   matrix or sample transcriptions.
-Both are in the `training` pool (one at a time across runs) and record their DVC stage in dvc.lock when done.
+Both are in the `training` pool (at most 2 side by side across runs, assets/stage.py) and record their DVC stage in dvc.lock when done.
 """
 import sys
 from collections.abc import Callable

@@ -4,6 +4,7 @@ code location runs everything and leaves `dvc status` clean with the report's ha
 runs end to end, is a no-op the second time, pushes to the default remote and pulls into a fresh clone that
 regenerates the same report, runs `dvc exp run --temp`, and reproduces every score from clean model outputs."""
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -56,15 +57,50 @@ def test_definitions_load_with_expected_assets_and_jobs():
     assert {(f"{m}/{x}_probed", "beats_random_init") for m, xs in PRETRAIN_METHODS.items() for x in xs} <= checks
 
 
-def test_the_instance_config_runs_one_training_step_at_a_time(tmp_path):
+def test_the_instance_config_trains_as_many_models_side_by_side_as_a_run_executes_steps(tmp_path):
     from dagster import DagsterInstance
+
+    from assets import defs
+    from assets.stage import LANES
 
     shutil.copy(REPO / "assets" / "dagster.yaml", tmp_path / "dagster.yaml")
     with DagsterInstance.from_config(str(tmp_path)) as instance:
         assert instance.event_log_storage.supports_global_concurrency_limits
-        assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
+        assert instance.get_concurrency_config().pool_config.default_pool_limit == LANES
         instance.event_log_storage.initialize_concurrency_limit_to_default("training")
-        assert instance.event_log_storage.get_concurrency_info("training").slot_count == 1
+        assert instance.event_log_storage.get_concurrency_info("training").slot_count == LANES
+    execution = defs.resolve_job_def("demo").run_config_schema.config_type.fields["execution"]
+    assert execution.config_type.fields["config"].config_type.fields["max_concurrent"].default_value == LANES
+
+
+def test_each_step_gets_its_share_of_the_cores():
+    from assets.stage import LANES, lanes, step_threads
+
+    assert lanes({}) == LANES and lanes({"execution": {"config": {"max_concurrent": 3}}}) == 3
+    assert step_threads({}, cores=2) == 1 and step_threads({}, cores=16) == 8
+    assert step_threads({"execution": {"config": {"max_concurrent": 1}}}, cores=2) == 2
+    assert step_threads({"execution": {"config": {"max_concurrent": 4}}}, cores=2) == 1  # never 0
+    assert lanes({"execution": {"config": {"max_concurrent": 0}}}) >= 1  # Dagster's 0: one per core
+
+
+def test_launch_sets_params_like_dvc_exp_run_keeping_the_comments(tmp_path):
+    from assets.launch import main, set_params
+
+    params = tmp_path / "params.yaml"
+    text = (REPO / "params.yaml").read_text()
+    params.write_text(text)
+    set_params(str(params), ["benchmark.scale=cpu", "benchmark.scales.cpu.seeds=[0]"])
+    changed = params.read_text()
+    edited = [(a, b) for a, b in zip(text.splitlines(), changed.splitlines(), strict=True) if a != b]
+    assert edited == [("  scale: demo", "  scale: cpu"), ("      seeds: [0, 1, 2]", "      seeds: [0]")], edited
+    loaded = load(params)
+    assert loaded["benchmark"]["scale"] == "cpu" and loaded["benchmark"]["scales"]["cpu"]["seeds"] == [0]
+    for bad, says in (("benchmark.scal=cpu", "no key 'benchmark.scal'"), ("benchmark.scale", "expected KEY=VALUE"),
+                      ("seed=[1", "not YAML")):
+        with pytest.raises(ValueError, match=re.escape(says)):
+            set_params(str(params), [bad])
+    assert params.read_text() == changed  # nothing written by a failed assignment
+    assert main(["demo", "--params", str(params), "-S", "benchmark.nope=1"]) == 2  # one line, exit 2, no run
 
 
 def test_loading_the_code_location_does_not_import_torch():
@@ -177,10 +213,14 @@ def test_dagster_demo_job_runs_everything_to_the_report(repo_copy, tmp_path):
     home.mkdir()
     shutil.copy(REPO / "assets" / "dagster.yaml", home / "dagster.yaml")  # what `make dagster-home` installs
     (repo_copy / ".venv-dvc").symlink_to(REPO / ".venv-dvc")
-    result = run([str(VENV_BIN / "python"), "-m", "assets.launch", "demo"],
-                 cwd=repo_copy, env={"DAGSTER_HOME": str(home), **ONE_THREAD}, timeout=1500)
+    # -S as make benchmark-cpu uses it (setting the demo scale's own seeds: the same run); no OMP_NUM_THREADS, so
+    # each step takes its share of the cores
+    result = run([str(VENV_BIN / "python"), "-m", "assets.launch", "demo", "-S", "benchmark.scales.demo.seeds=[0]"],
+                 cwd=repo_copy, env={"DAGSTER_HOME": str(home)}, timeout=1500)
     log = result.stdout + result.stderr
     assert "RUN_SUCCESS" in log
+    if "OMP_NUM_THREADS" not in os.environ:
+        assert re.search(r"OMP_NUM_THREADS=\d+ \(2 steps side by side on \d+ cores\)", log)
     for modality in ("image", "speech", "text"):
         assert f"Asset check 'shards_match_index' on '{modality}/shards' passed" in log
         assert verify_index(repo_copy / "data" / "shards" / modality) == []
@@ -220,6 +260,12 @@ def test_dagster_demo_job_runs_everything_to_the_report(repo_copy, tmp_path):
         (dagster_run,) = instance.get_runs()  # under its job and code location, tagged with what it ran from
         assert (dagster_run.job_name, dagster_run.remote_job_origin.location_name) == ("demo", "data2vec")
         assert {"d2v2/git_commit", "d2v2/params_sha256"} <= set(dagster_run.tags)
+        spans = {}  # steps ran side by side: one started while another was running
+        for entry in instance.all_logs(dagster_run.run_id):
+            if entry.is_dagster_event and entry.dagster_event.event_type_value in ("STEP_START", "STEP_SUCCESS"):
+                spans.setdefault(entry.step_key, {})[entry.dagster_event.event_type_value] = entry.timestamp
+        assert any(a["STEP_START"] < b["STEP_START"] < a["STEP_SUCCESS"] for a in spans.values() for b in spans.values()
+                   if a is not b)
 
     records = check_benchmark_outputs(repo_copy)
     assert report["records"].value == len(records)
