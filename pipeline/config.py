@@ -66,13 +66,15 @@ def load(path: Path | str = DEFAULT_PARAMS) -> Params:
     return Params(params, path)
 
 
-def check_method(modality: str, method: str) -> None:
-    """Raise UserInputError, naming the methods of `modality`, when `method` does not pretrain it."""
-    if method not in PRETRAIN_METHODS[modality]:
+def check_method(modality: str, method: str, also: tuple[str, ...] = ()) -> None:
+    """Raise UserInputError, naming the methods of `modality` (and `also`: the stage's floors, e.g. random_init,
+    raw_input for the probes, scratch for fine-tuning), when `method` is none of them."""
+    if method not in PRETRAIN_METHODS[modality] + also:
         other = [m for m, methods in PRETRAIN_METHODS.items() if method in methods]
         why = f" ({method} is the {other[0]} baseline)" if len(other) == 1 else ""
-        raise UserInputError(f"--method {method}: not a pretraining method for {modality}{why}; {modality} methods: "
-                             f"{', '.join(PRETRAIN_METHODS[modality])}")
+        kind = "a pretraining method" if not also else "a method of this stage"
+        raise UserInputError(f"--method {method}: not {kind} for {modality}{why}; {modality} methods: "
+                             f"{', '.join(PRETRAIN_METHODS[modality] + also)}")
 
 
 def seed(params: Mapping[str, Any]) -> int:

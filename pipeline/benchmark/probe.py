@@ -180,6 +180,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from pipeline.train.pipes import PipesReport
 
     modality, method = args.modality, args.method
+    P.check_method(modality, method, also=FLOORS)
     params = P.load(args.params)
     bench, scale = P.benchmark(params)[modality], P.benchmark_scale(params)
     check_protocols(modality, tuple(bench.probes), bench.pooling)

@@ -107,6 +107,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from pipeline import config as P
     from pipeline.io import atomic_write_json
 
+    P.check_method(args.modality, args.method, also=("scratch",))
     params = P.load(args.params)
     task = args.task or P.benchmark(params)[args.modality].task
     out = args.out or paths.sweep_dir(args.modality, args.method, task)

@@ -152,6 +152,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from pipeline import paths
     from pipeline.io import atomic_write_json
 
+    for method in args.method:
+        P.check_method(args.modality, method)
     if args.compare:
         from pipeline.benchmark.speed import compare
 

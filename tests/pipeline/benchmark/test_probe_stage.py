@@ -181,3 +181,23 @@ def test_bad_inputs_are_one_line_errors(workdir, monkeypatch, capsys, tmp_path):
 def test_final_runs_are_the_largest_budget_of_each_seed():
     runs = [{"seed": 1, "updates": 50}, {"seed": 0, "updates": 100}, {"seed": 0, "updates": 25}, {"seed": 1, "updates": 100}]
     assert probe.final_runs(runs) == [{"seed": 0, "updates": 100}, {"seed": 1, "updates": 100}]
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["probe", "--modality", "image", "--method", "wav2vec2"], "(wav2vec2 is the speech baseline); image methods: "
+     "data2vec2, data2vec1, mae, random_init, raw_input"),
+    (["sweep", "--modality", "image", "--method", "mlm"], "(mlm is the text baseline); image methods: "
+     "data2vec2, data2vec1, mae, scratch"),
+    (["throughput", "--modality", "text", "--method", "data2vec2", "mae"], "(mae is the image baseline); text methods: "
+     "data2vec2, data2vec1, mlm"),
+])
+def test_another_modalitys_method_is_one_line_before_any_work(argv, says, tmp_path, capsys):
+    """probe, sweep and throughput refuse another modality's method as pretrain does (a probe used to point at
+    `pretrain --modality image --method wav2vec2`, itself an error; a sweep wrote an empty curve)."""
+    from helpers import REPO
+    from pipeline.cli import main
+
+    assert main([*argv, "--params", str(REPO / "params.yaml"), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --method ") and err.endswith(says + "\n") and err.count("\n") == 1
+    assert not (tmp_path / "x").exists()
