@@ -7,7 +7,9 @@ state of every rank (python, numpy, torch CPU, CUDA), so a resumed run continues
 from __future__ import annotations
 
 import os
+import pickle
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +62,25 @@ def save(path: Path, state: dict[str, Any]) -> None:
 
 
 def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The checkpoint at `path` (tensors on `map_location`), read with `torch.load(weights_only=True)`: tensors,
+    numbers, strings and containers only, so loading never runs code from the file. Raises UserInputError (one
+    line) when the file is missing, is not a torch file, or holds other objects (refused, never unpickled)."""
+    path = Path(path)
     if not path.exists():
         raise UserInputError(f"{path}: checkpoint not found")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the file is unusable
-        raise UserInputError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {e}); delete it or pass another") from None
+        raise UserInputError(f"{path}: not a loadable checkpoint ({load_failure(e)}); delete it or pass another") from None
+
+
+def load_failure(error: Exception) -> str:
+    """One line for why torch.load(weights_only=True) failed. torch's own message for a file holding Python
+    objects is several paragraphs that end by suggesting weights_only=False, which would run the file's code:
+    only the unpickler's reason is kept."""
+    text = str(error)
+    if isinstance(error, pickle.UnpicklingError) and "weights_only" in text.lower():
+        found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\s*\n|$)", text, re.S)
+        reason = " ".join(found.group(1).split()) if found else "unsupported content"
+        return f"weights_only loading refused it, nothing was unpickled: {reason}"
+    return f"{type(error).__name__}: {' '.join(text.split())[:300]}"

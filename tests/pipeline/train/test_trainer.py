@@ -257,3 +257,30 @@ def test_precision_auto_follows_the_hardware(monkeypatch):
         optim.resolve_precision("fp16", cpu)
     with pytest.raises(UserInputError, match="must be auto, bf16, fp16 or fp32"):
         optim.resolve_precision("half", cpu)
+
+
+class _Marker:
+    """An object a checkpoint must not hold: unpickling it would create the file `touched`."""
+
+    touched = None
+
+    def __reduce__(self):
+        return (open, (str(self.touched), "w"))
+
+
+def test_a_checkpoint_holding_python_objects_is_refused_in_one_line_and_never_unpickled(tmp_path):
+    from pipeline.train import checkpoint
+
+    marker = _Marker()
+    marker.touched = tmp_path / "touched"
+    torch.save({"student": {}, "extra": marker}, tmp_path / "evil.pt")
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
+    for name in ("evil.pt", "garbage.pt"):
+        with pytest.raises(UserInputError) as raised:
+            checkpoint.load(tmp_path / name)
+        message = str(raised.value)
+        assert message.startswith(f"{tmp_path / name}: not a loadable checkpoint (weights_only loading refused it")
+        assert "\n" not in message and "weights_only=False" not in message and "`weights_only` set to `False`" not in message
+    assert not marker.touched.exists()
+    torch.save({"student": {"w": torch.ones(2)}, "updates": 3}, tmp_path / "good.pt")
+    assert checkpoint.load(tmp_path / "good.pt")["updates"] == 3
