@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -45,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as error:
             print(f"{args.params}: {error}", file=sys.stderr)
             return 2
+        # `python -m assets.launch` imported the package, and with it the asset graph, code versions and params,
+        # before the values changed: run in a fresh interpreter that reads the file as it is now
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, [sys.executable, "-m", "assets.launch", *without_set_params(argv or sys.argv[1:])])
 
     from dagster import DagsterInstance
     from dagster._cli.job import _create_run
@@ -74,6 +80,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run {run.run_id} of job {args.job} in code location {location.name}")
         result = execute_run(recon_job_from_origin(run.job_code_origin), run, instance)
         return 0 if result.success else 1
+
+
+def without_set_params(argv: list[str]) -> list[str]:
+    """argv less its -S/--set-param assignments (both `-S x=1` and `-Sx=1` / `--set-param=x=1` spellings)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("-S", "--set-param"):
+            skip = True
+        elif not (arg.startswith("--set-param=") or (arg.startswith("-S") and len(arg) > 2)):
+            kept.append(arg)
+    return kept
 
 
 def set_params(path: str, assignments: list[str]) -> None:

@@ -173,6 +173,8 @@ def _benchmark_stages(stages) -> None:
                    "models/<modality>/<method>/probe/records.json of every method, random_init and raw_input, and "
                    "models/<modality>/<method>/sweep/<task>/curve.json of every method and scratch)")
     p.add_argument("--out", default="reports", help="report folder (default: %(default)s)")
+    p.add_argument("--params", type=Path, default=Path("params.yaml"),
+                   help="params file whose benchmark section names the inputs and the scale (default: %(default)s)")
 
 
 def _weights_stages(stages) -> None:

@@ -564,7 +564,9 @@ def run(args) -> dict[str, Any]:
     from pipeline.errors import UserInputError
     from pipeline.io import atomic_write_json
 
-    inputs, throughput_paths = ([Path(p) for p in args.records], None) if args.records else benchmark_inputs()
+    # given records need no params file; the benchmark's inputs and scale come from it
+    params = None if args.records else P.load(getattr(args, "params", None) or Path("params.yaml"))
+    inputs, throughput_paths = ([Path(p) for p in args.records], None) if args.records else benchmark_inputs(params)
     records = collect([p for p in inputs if p.exists()], Path("dvc.lock"))
     if throughput_paths is None:  # given records: the throughput of their modalities
         throughput_paths = [paths.throughput_path(m) for m in dict.fromkeys(r["modality"] for r in records)]
@@ -580,8 +582,8 @@ def run(args) -> dict[str, Any]:
     context = {"git_commit": git_state(), "metrics_path": str(out / "metrics.json"), "missing": [str(p) for p in missing],
                "dvc_lock_md5": hashlib.md5(lock.read_bytes()).hexdigest() if lock.exists() else "no dvc.lock",
                "hardware": throughput[0]["device"] if throughput else f"{platform.machine()} ({platform.platform()})"}
-    if not args.records and (P.load().get("benchmark") or {}).get("scales"):
-        scale = P.benchmark_scale()
+    if params is not None and (params.get("benchmark") or {}).get("scales"):
+        scale = P.benchmark_scale(params)
         context |= {"scale": scale.name, "finetune": scale.finetune}
     out.mkdir(parents=True, exist_ok=True)
     # every record with every key (None where its protocol has none): `dvc plots` reads a list of records only

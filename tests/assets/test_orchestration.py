@@ -84,7 +84,7 @@ def test_each_step_gets_its_share_of_the_cores():
 
 
 def test_launch_sets_params_like_dvc_exp_run_keeping_the_comments(tmp_path):
-    from assets.launch import main, set_params
+    from assets.launch import main, set_params, without_set_params
 
     params = tmp_path / "params.yaml"
     text = (REPO / "params.yaml").read_text()
@@ -101,6 +101,10 @@ def test_launch_sets_params_like_dvc_exp_run_keeping_the_comments(tmp_path):
             set_params(str(params), [bad])
     assert params.read_text() == changed  # nothing written by a failed assignment
     assert main(["demo", "--params", str(params), "-S", "benchmark.nope=1"]) == 2  # one line, exit 2, no run
+    # after setting, the run starts in a fresh interpreter without the assignments (the package, imported before
+    # the values changed, would hold the old graph and code versions)
+    assert without_set_params(["demo", "-S", "a=1", "-Sb=2", "--set-param", "c=3", "--set-param=d=4", "-c", "x.yaml"]) == [
+        "demo", "-c", "x.yaml"]
 
 
 def test_loading_the_code_location_does_not_import_torch():

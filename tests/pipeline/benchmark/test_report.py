@@ -174,13 +174,15 @@ def test_the_header_says_when_the_scale_runs_no_fine_tuning(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     scale = {"seeds": [0], "budget_fractions": [1.0], "probe_sizes": {"image": {"train": 4, "valid": 2, "test": 2}},
              "max_updates": {"image": {"data2vec2": 2}}, "finetune": False}
-    (tmp_path / "params.yaml").write_text(json.dumps({"benchmark": {
+    # --params: a file of another name (./params.yaml, the default, is a different benchmark)
+    (tmp_path / "small.yaml").write_text(json.dumps({"benchmark": {
         "scale": "small", "scales": {"small": scale},
         "image": {"methods": ["data2vec2"], "task": "fashion_mnist", "probes": ["linear"]}}}))
+    (tmp_path / "params.yaml").write_text("benchmark:\n  text: {methods: [data2vec2], task: lexname}\n")
     path = tmp_path / "models/image/data2vec2/probe"
     path.mkdir(parents=True)
     (path / "records.json").write_text(json.dumps(curve("data2vec2", [0.6, 0.7, 0.8])))
-    run(argparse.Namespace(records=None, out="reports"))
+    run(argparse.Namespace(records=None, out="reports", params=tmp_path / "small.yaml"))
     md = (tmp_path / "reports/benchmark.md").read_text()
     assert "Scale `small`: the fine-tuning protocol is off at this scale" in md
 
