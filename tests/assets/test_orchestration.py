@@ -44,6 +44,10 @@ def test_definitions_load_with_expected_assets_and_jobs():
         assert spec.owners and spec.code_version and spec.tags["stage"], name
         trains = name.endswith(("_pretrained", "_probed", "_finetuned", "/throughput"))
         assert spec.pools == ({"training"} if trains else set()), name
+    priority = {"/".join(k.path): int(graph.get(k).assets_def.op.tags["dagster/priority"]) for k in graph.get_all_asset_keys()}
+    assert priority["text/tokens"] > priority["text/data2vec2_pretrained"] > priority["text/data2vec2_probed"] > priority[
+        "benchmark_report"]  # a lane takes the critical path first
+    assert priority["speech/random_init_probed"] == priority["image/scratch_finetuned"] == priority["image/mae_probed"]
     in_group = {}
     for key in graph.get_all_asset_keys():  # the lineage shows a key's last part: distinct within each group
         in_group.setdefault(graph.get(key).group_name, []).append(key.path[-1])
