@@ -194,3 +194,27 @@ def test_no_records_at_all_is_a_user_error(tmp_path, monkeypatch):
     (tmp_path / "params.yaml").write_text("benchmark:\n  text: {methods: [data2vec2], task: lexname}\n")
     with pytest.raises(UserInputError, match="no benchmark records"):
         run(argparse.Namespace(records=None, out="reports"))
+
+
+def test_the_published_cpu_result_was_produced_at_the_cpu_scale_params_yaml_has():
+    """docs/results/cpu is the generated report of the cpu scale: every stage its dvc.lock records read the
+    budgets and probe sizes params.yaml now gives that scale (all but the seeds: it is a one-seed run). A change
+    to the cpu scale needs `make benchmark-cpu SEEDS='[0]'` (or the stages `dvc status` names) to be published."""
+    import yaml
+
+    from helpers import REPO
+
+    lock = yaml.safe_load((REPO / "docs/results/cpu/dvc.lock").read_text())
+    cpu = yaml.safe_load((REPO / "params.yaml").read_text())["benchmark"]["scales"]["cpu"]
+    checked = 0
+    for stage, body in lock["stages"].items():
+        for key, value in (body.get("params") or {}).get("params.yaml", {}).items():
+            if key.startswith("benchmark.scales.cpu.") and key != "benchmark.scales.cpu.seeds":
+                node = cpu
+                for part in key.removeprefix("benchmark.scales.cpu.").split("."):
+                    node = node[part]
+                assert node == value, (stage, key, value, node)
+                checked += 1
+            elif key == "benchmark.scale":
+                assert value == "cpu", stage
+    assert checked >= 20  # every pretraining and probe stage records its budgets or sizes
