@@ -17,7 +17,8 @@ tests/assets/test_orchestration.py runs `make demo`'s command end to end.
 -S/--set-param sets a params.yaml value before the run, as `dvc exp run -S` does (the value parsed as YAML; the
 file's comments and layout kept, by ruamel.yaml's round trip) and leaves it set, so the stages read it and
 dvc.lock records what ran: `make benchmark-cpu` runs the demo job with `-S benchmark.scale=cpu`. Only keys that
-already exist can be set (a typo is an error, not a new key).
+already exist can be set (a typo is an error, not a new key). The launch then restarts itself without `-S`, so
+the job is built from the edited file.
 """
 from __future__ import annotations
 
