@@ -349,22 +349,41 @@ def pretraining_runs(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [runs[k] for k in sorted(runs, key=lambda k: tuple(str(x) for x in k))]
 
 
-def throughput_of(run: dict[str, Any], throughput: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The throughput stage's record for a run's step: same modality and method, the same preset and batch where
-    the records say so (the latest such record)."""
+def throughput_of(run: dict[str, Any], throughput: list[dict[str, Any]], same_step: bool = False) -> dict[str, Any] | None:
+    """The throughput stage's record for a run's step: same modality and method, the same preset where the records
+    say so; among those the latest that also has the run's batch, precision and device (each where both records
+    carry it), as many of them as one has. `same_step`: only a record that has all three (None otherwise)."""
     same = [t for t in throughput if (t.get("modality"), t.get("method")) == (run["modality"], run["method"])
             and run.get("preset") in (None, t.get("preset"))]
     batch = (run.get("pretrain_samples") or 0) / (run.get("pretrain_updates") or 1)
-    return ([t for t in same if t.get("batch_size") == batch] or same or [None])[-1]
+    checks = (lambda t: t.get("batch_size") == batch,
+              lambda t: None in (run.get("precision"), t.get("precision"))
+              or precision_name(t["precision"]) == precision_name(run["precision"]),
+              lambda t: None in (run.get("device"), t.get("device")) or t["device"] == run["device"])
+    for t in reversed(same):  # the latest record matching everything, else the latest matching most
+        if all(check(t) for check in checks):
+            return t
+    if same_step or not same:
+        return None
+    return max(reversed(same), key=lambda t: sum(check(t) for check in checks))
+
+
+PRECISION_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}  # torch's dtype names, as older records spell them
+
+
+def precision_name(precision: str) -> str:
+    """params.yaml's spelling (bf16, fp16, fp32) of a precision; older throughput records carry torch's dtype name."""
+    return PRECISION_NAMES.get(str(precision).removeprefix("torch."), str(precision))
 
 
 def slow_runs(records: list[dict[str, Any]], throughput: list[dict[str, Any]]) -> list[str]:
     """Per (modality, method), a warning naming its runs whose training loop moved fewer than SLOW_RUN x the
-    throughput stage's samples/s for the same step."""
+    throughput stage's samples/s for the same step (same batch, precision and device: `throughput_of` with
+    same_step; a run with no such record is not compared)."""
     slow: dict[tuple[str, str], list[tuple[dict[str, Any], float, float]]] = defaultdict(list)
     runs: dict[tuple[str, str], int] = defaultdict(int)
     for run in pretraining_runs(records):
-        stage = throughput_of(run, throughput)
+        stage = throughput_of(run, throughput, same_step=True)
         if not (stage and run.get("pretrain_samples") and run.get("pretrain_seconds")):
             continue
         runs[(run["modality"], run["method"])] += 1

@@ -119,7 +119,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "modality": cfg.modality, "method": cfg.method, "preset": cfg.preset, "batch_size": cfg.batch_size,
         "clone_batch": model_cfg.mask.clone_batch, "tokens_per_sample": tokens_per_sample,
-        "device": device_name(d.device), "precision": str(dtype or torch.float32).replace("torch.", ""),
+        "device": device_name(d.device), "precision": trainer.precision,
         "step_seconds": step_seconds, "train_samples_per_s": samples_per_s, "train_tokens_per_s": samples_per_s * tokens_per_sample,
         "flops_per_step": flops_per_step, "analytic_flops_per_step": flops["analytic"], "flops_by_component": flops["components"],
         "flops_per_sample": flops_per_step / cfg.batch_size, "achieved_flops_per_s": flops_per_step / step_seconds,
@@ -150,6 +150,7 @@ SAME_SETUP = ("modality", "method", "preset", "batch_size", "device", "precision
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from pipeline import config as P
     from pipeline import paths
+    from pipeline.benchmark.report import precision_name
     from pipeline.io import atomic_write_json
 
     for method in args.method:
@@ -167,6 +168,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     methods = P.benchmark(P.load(args.params))[args.modality].methods if args.benchmark_methods else args.method
     measured = [measure(argparse.Namespace(**{**vars(args), "method": method})) for method in methods]
     records = json.loads(out.read_text()) if out.exists() else []
+    records = [{**r, "precision": precision_name(r["precision"])} if r.get("precision") else r for r in records]
     keys = {tuple(r[k] for k in SAME_SETUP) for r in measured}
     records = [r for r in records if tuple(r.get(k) for k in SAME_SETUP) not in keys] + measured
     out.parent.mkdir(parents=True, exist_ok=True)

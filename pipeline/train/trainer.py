@@ -173,7 +173,7 @@ class Trainer:
 
     def resolved_config(self) -> dict[str, Any]:
         """config.json, also stored in every checkpoint (made JSON-plain)."""
-        return {"effective_batch": self.effective_batch(), "device": str(self.device), "precision": str(self.dtype or "fp32")}
+        return {"effective_batch": self.effective_batch(), "device": str(self.device), "precision": self.precision}
 
     def describe(self) -> str:
         """The first log line."""

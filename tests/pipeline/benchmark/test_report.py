@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from pipeline.benchmark.report import SCHEMA, build, headline_metrics, run
+from pipeline.benchmark.report import SCHEMA, build, headline_metrics, run, slow_runs
 
 UPDATES = (100, 200, 400)
 COST = {"data2vec2": (1.5, 3e12), "data2vec1": (1.2, 2.5e12), "mae": (1.0, 2e12), "wav2vec2": (1.0, 2e12)}
@@ -19,7 +19,7 @@ def curve(method, means, jitter=0.005, seeds=(0, 1, 2), modality="image", protoc
     seconds, flops = COST[method]
     return [{"modality": modality, "method": method, "preset": "tiny", "seed": seed, "pretrain_updates": updates,
              "pretrain_samples": updates * BATCH, "pretrain_seconds": seconds * updates * seconds_scale,
-             "pretrain_flops": flops * updates, "device": "cpu", "world_size": 1, "precision": "bf16", "protocol": protocol, "task": task,
+             "pretrain_flops": flops * updates, "device": "x86_64 CPU, 2 threads", "world_size": 1, "precision": "bf16", "protocol": protocol, "task": task,
              "metric": metric, "value": mean + jitter * (seed - 1), "split": "test", "git_commit": "abc123def456",
              "dvc_stage_hash": "0123456789ab", "layer": None, "pooling": "mean"}
             for updates, mean in zip(UPDATES, means) for seed in seeds]
@@ -36,7 +36,7 @@ def floors(random_init, raw_input, **keys):
     return floor("random_init", random_init, **keys) + floor("raw_input", raw_input, seeds=(None,), jitter=0, **keys)
 
 
-THROUGHPUT = [{"modality": "image", "method": m, "preset": "tiny", "device": "x86_64 CPU, 2 threads", "precision": "float32",
+THROUGHPUT = [{"modality": "image", "method": m, "preset": "tiny", "device": "x86_64 CPU, 2 threads", "precision": "bf16",
                "batch_size": BATCH, "clone_batch": 8 if m == "data2vec2" else 1, "train_samples_per_s": 100.0,
                "train_tokens_per_s": 4900.0, "loader_samples_per_s": 3501.0, "flops_per_sample": 4.2e9, "mfu": 0.31,
                "matmul_peak_flops_per_s": 2.1e11} for m in ("data2vec2", "mae")]
@@ -127,6 +127,21 @@ def test_report_has_every_section_and_a_self_contained_page(tmp_path):
     page = (tmp_path / "benchmark.html").read_text()
     assert page.count("data:image/png;base64,") == 1 and "<script" not in page and 'src="http' not in page
     assert "<h3>image</h3>" in page and re.search(r"<td>random_init \(floor\)</td><td>0.5 ± 0.005</td>", page)
+
+
+def test_the_busy_machine_warning_compares_a_run_only_with_the_throughput_of_the_same_step():
+    """Same batch, precision and device: an fp32 or another device's figure says nothing of a bf16 run's speed.
+    Older throughput records spell the precision as torch's dtype ("bfloat16")."""
+    runs = [{**r, "pretrain_seconds": r["pretrain_samples"] / 50.0} for r in curve("mae", [0.55, 0.62, 0.70], seeds=(0,))]
+    stage = THROUGHPUT[1]  # mae, bf16, 100 samples/s
+    fp32 = {**stage, "precision": "fp32", "train_samples_per_s": 200.0}
+    other_device = {**stage, "device": "NVIDIA H100", "train_samples_per_s": 900.0}
+    legacy = {**stage, "precision": "bfloat16"}
+    assert slow_runs(runs, [fp32]) == [] and slow_runs(runs, [other_device]) == []
+    assert slow_runs(runs, [{**stage, "batch_size": 2 * BATCH}]) == []
+    warning = ["image/mae: all 3 runs at 0.50x the throughput stage's 100.0 samples/s"]
+    assert slow_runs(runs, [legacy, fp32, other_device]) == warning  # the latest record is fp32: not the same step
+    assert slow_runs(runs, [stage]) == warning
 
 
 def test_a_record_without_required_fields_is_refused(tmp_path):
