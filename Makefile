@@ -23,7 +23,7 @@ help:
 	@echo "make test   - set up, then run the test suite"
 	@echo "make ui     - set up, then serve the Dagster UI on http://127.0.0.1:3000 with its daemon (runs launched there start)"
 	@echo "make repro  - set up, then reproduce everything with DVC (dvc repro)"
-	@echo "make benchmark-cpu - set up, then run the benchmark's cpu scale (Dagster job 'demo' with benchmark.scale=cpu; 3 seeds, or SEEDS='[0]': one seed 68 min on 2 cores) and copy its report to docs/results/cpu/"
+	@echo "make benchmark-cpu - set up, then run the benchmark's cpu scale (Dagster job 'demo' with benchmark.scale=cpu; 3 seeds, or SEEDS='[0]': one seed 83 min on 2 cores) and copy its report to docs/results/cpu/"
 	@echo "make setup  - apt packages + .venv (project) + .venv-dvc (DVC, kept apart: antlr4 conflict)"
 	@echo "make clean  - remove .venv, .venv-dvc and the set-up stamps (data/, models/, reports/ stay)"
 	@echo "Results: reports/benchmark.md. Docs: README.md, docs/. Every stage: .venv/bin/python -m pipeline --help"
