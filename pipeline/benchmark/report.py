@@ -360,12 +360,9 @@ def throughput_of(run: dict[str, Any], throughput: list[dict[str, Any]], same_st
               lambda t: None in (run.get("precision"), t.get("precision"))
               or precision_name(t["precision"]) == precision_name(run["precision"]),
               lambda t: None in (run.get("device"), t.get("device")) or t["device"] == run["device"])
-    for t in reversed(same):  # the latest record matching everything, else the latest matching most
-        if all(check(t) for check in checks):
-            return t
-    if same_step or not same:
-        return None
-    return max(reversed(same), key=lambda t: sum(check(t) for check in checks))
+    # the latest of the records matching most (max keeps the first of equals: iterate newest first)
+    best = max(reversed(same), key=lambda t: sum(check(t) for check in checks), default=None)
+    return None if best is None or (same_step and not all(check(best) for check in checks)) else best
 
 
 PRECISION_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}  # torch's dtype names, as older records spell them
